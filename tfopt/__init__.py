@@ -1,0 +1,20 @@
+"""tfopt: turn a TensorFlow model as training left it into lean, verified deployment artifacts.
+
+    import tfopt
+    result = tfopt.freeze("saved_models/keras_cnn", "out/keras_cnn")
+    print(result.summary()); assert result.exit_code == 0
+"""
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "freeze", "FreezeResult"]
+
+
+def __getattr__(name):
+    # lazy, so that the CLI can quiet TensorFlow's logging before TensorFlow is imported
+    if name == "freeze":
+        from tfopt.api import freeze
+        return freeze
+    if name == "FreezeResult":
+        from tfopt.report import FreezeResult
+        return FreezeResult
+    raise AttributeError(f"module 'tfopt' has no attribute {name!r}")

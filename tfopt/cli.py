@@ -1,0 +1,108 @@
+"""Command line: `tfopt SRC -o OUT` (also `python -m tfopt.freeze`). A thin shell over tfopt.api."""
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+
+from tfopt.errors import EXIT_INTERNAL, TfoptError
+from tfopt.logs import quiet_libraries
+
+EPILOG = """exit codes: 0 success; 1 internal error (a bug: rerun with --debug and report it);
+2 usage error or unreadable input; 3 a target failed to convert (the others are written);
+4 an artifact's outputs differ from the original beyond tolerance"""
+
+
+def _shape_arg(text: str) -> tuple[str, list[int]]:
+    name, sep, dims = text.rpartition("=")
+    try:
+        if not sep or not name:
+            raise ValueError
+        return name, [int(d) for d in dims.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not name=d1,d2,... (e.g. "
+                                         "image=1,224,224,3)") from None
+
+
+def freeze_parser() -> argparse.ArgumentParser:
+    from tfopt import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="tfopt", epilog=EPILOG,
+        description="Freeze a TensorFlow model into verified ONNX, TFLite, frozen .pb and "
+                    "inference SavedModel artifacts.")
+    parser.add_argument("src", help="SavedModel directory or Keras .keras/.h5 file")
+    parser.add_argument("-o", "--output", help="output directory (default: tfopt_out/<name>)")
+    parser.add_argument("--to", default="onnx,tflite,pb,saved_model",
+                        help="comma-separated targets (default: %(default)s)")
+    parser.add_argument("--signature", default="serving_default",
+                        help="SavedModel signature to freeze (default: %(default)s)")
+    parser.add_argument("--tag", help="comma-separated MetaGraph tag set (default: serve)")
+    parser.add_argument("--input-shape", action="append", type=_shape_arg, default=[],
+                        metavar="NAME=D1,D2,...", help="fix an input's shape (repeatable)")
+    parser.add_argument("--data", help=".npz of verification inputs keyed by input name")
+    parser.add_argument("--samples", type=int, default=3,
+                        help="random verification samples when --data is not given")
+    parser.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance")
+    parser.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance")
+    parser.add_argument("--opset", type=int, help="ONNX opset (default: highest supported)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a non-empty output directory")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print no summary table")
+    parser.add_argument("--json", action="store_true", help="print report.json to stdout")
+    parser.add_argument("--debug", action="store_true",
+                        help="show library logs and tracebacks")
+    parser.add_argument("--version", action="version", version=f"tfopt {__version__}")
+    return parser
+
+
+def run_freeze(argv: list[str]) -> int:
+    args = freeze_parser().parse_args(argv)
+    quiet_libraries(args.debug)
+    try:
+        from tfopt.api import freeze
+
+        result = freeze(args.src, args.output, targets=args.to.split(","),
+                        signature=args.signature,
+                        tags=args.tag.split(",") if args.tag else None,
+                        input_shapes=dict(args.input_shape), data=args.data,
+                        samples=args.samples, atol=args.atol, rtol=args.rtol,
+                        opset=args.opset, overwrite=args.overwrite)
+    except TfoptError as exc:
+        return _fail(exc, args.debug, exc.exit_code, "error")
+    except Exception as exc:  # a bug: keep the one-line contract, traceback on --debug
+        return _fail(exc, args.debug, EXIT_INTERNAL, "internal error")
+    if args.json:
+        print(result.to_json())
+    elif not args.quiet:
+        print(result.summary())
+    for artifact in result.artifacts:
+        if artifact.status != "ok":
+            print(f"tfopt: target {artifact.format} failed: {artifact.error}", file=sys.stderr)
+    for fmt in result.parity_failures:
+        print(f"tfopt: {fmt} outputs differ from the original beyond tolerance; see "
+              f"{result.out_dir}/report.json", file=sys.stderr)
+    return result.exit_code
+
+
+def _fail(exc: BaseException, debug: bool, code: int, kind: str) -> int:
+    if debug:
+        traceback.print_exc()
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    hint = "" if debug or code != EXIT_INTERNAL else " (rerun with --debug for the traceback)"
+    print(f"tfopt: {kind}: {message}{hint}", file=sys.stderr)
+    return code
+
+
+COMMANDS = {"freeze": run_freeze}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in COMMANDS:
+        return COMMANDS[argv[0]](argv[1:])
+    return run_freeze(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

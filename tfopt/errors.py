@@ -1,0 +1,37 @@
+"""Errors that end a run with a one-line message and a documented exit code."""
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1  # a bug in tfopt
+EXIT_USAGE = 2  # usage error or unreadable input
+EXIT_TARGET_FAILED = 3  # a target failed to convert; the others are still written
+EXIT_PARITY = 4  # an artifact's outputs differ from the original beyond tolerance
+
+
+class TfoptError(Exception):
+    """A failure the user can fix; the message names the problem and the fix."""
+
+    exit_code = EXIT_USAGE
+
+
+class UsageError(TfoptError):
+    """Bad flags or options."""
+
+
+class InputError(TfoptError):
+    """The source model cannot be read or is not what it claims to be."""
+
+
+class ConversionError(TfoptError):
+    """A target could not be produced; `details` goes into the report."""
+
+    exit_code = EXIT_TARGET_FAILED
+
+    def __init__(self, message: str, details: dict | None = None):
+        super().__init__(message)
+        self.details = details or {}
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message: TF and tf2onnx messages run to pages."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:limit]

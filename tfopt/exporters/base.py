@@ -1,0 +1,50 @@
+"""What exporters share: the export result type and the frozen graph as a named TF function."""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+from tfopt.graph import rename_functions
+from tfopt.model import Model
+
+_CALLS = itertools.count()
+
+
+@dataclass
+class ExportOptions:
+    opset: int | None = None
+
+
+@dataclass
+class Exported:
+    precision: str = "fp32"
+    fallback: str | None = None  # the converter fallback that succeeded, if any
+    attempts: list[dict] = field(default_factory=list)  # every try, with its error
+
+
+def serving_function(model: Model):
+    """The frozen graph as a tf.function with the signature's input names and a dict of outputs.
+
+    Returns (module, concrete function); the module keeps the function alive and savable.
+    """
+    import tensorflow as tf
+
+    graph_def = rename_functions(model.graph_def, f"_tfopt{next(_CALLS)}")
+
+    def import_graph():
+        tf.compat.v1.import_graph_def(graph_def, name="")
+
+    wrapped = tf.compat.v1.wrap_function(import_graph, [])
+    graph = wrapped.graph
+    pruned = wrapped.prune(
+        feeds=[graph.get_tensor_by_name(t.tensor) for t in model.inputs],
+        fetches={t.name: graph.get_tensor_by_name(t.tensor) for t in model.outputs})
+    specs = [tf.TensorSpec(t.shape, tf.as_dtype(t.dtype), name=t.name) for t in model.inputs]
+
+    @tf.function(input_signature=specs)
+    def serve(*args):
+        return pruned(*args)
+
+    module = tf.Module()
+    module.serve = serve
+    return module, serve.get_concrete_function()

@@ -1,0 +1,81 @@
+"""ONNX (`model.onnx`) via tf2onnx on the frozen graph, checked by onnx.checker, run in onnxruntime."""
+from __future__ import annotations
+
+import functools
+from collections import Counter
+from pathlib import Path
+
+from tfopt.errors import ConversionError, first_line
+from tfopt.exporters.base import Exported, ExportOptions
+from tfopt.model import Model
+
+FORMAT = "onnx"
+FILENAME = "model.onnx"
+
+
+@functools.cache
+def default_opset() -> int:
+    """The highest opset that tf2onnx, onnx and the installed onnxruntime all support."""
+    import onnx
+    import onnxruntime
+    import tf2onnx
+    from onnx import helper
+
+    highest = min(max(tf2onnx.constants.OPSET_TO_IR_VERSION), onnx.defs.onnx_opset_version())
+    for opset in range(highest, 7, -1):
+        x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+        y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
+        graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
+        probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+        probe.ir_version = tf2onnx.constants.OPSET_TO_IR_VERSION.get(opset, probe.ir_version)
+        try:
+            onnxruntime.InferenceSession(probe.SerializeToString(),
+                                         providers=["CPUExecutionProvider"])
+            return opset
+        except Exception:  # onnxruntime refuses opsets it does not know
+            continue
+    raise RuntimeError("onnxruntime accepts no opset that tf2onnx can write")
+
+
+def export(model: Model, path: Path, options: ExportOptions) -> Exported:
+    import onnx
+    import tf2onnx
+
+    opset = options.opset or default_opset()
+    try:
+        proto, _ = tf2onnx.convert.from_graph_def(
+            model.graph_def, name=model.signature, opset=opset,
+            input_names=[t.tensor for t in model.inputs],
+            output_names=[t.tensor for t in model.outputs],
+            tensors_to_rename={t.tensor: t.name for t in model.inputs + model.outputs})
+    except Exception as exc:  # tf2onnx raises ValueError, KeyError and others
+        raise ConversionError(f"tf2onnx failed: {first_line(exc)}") from exc
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:  # ValidationError, InferenceError
+        unknown = sorted({n.op_type for n in proto.graph.node
+                          if not onnx.defs.has(n.op_type, n.domain or "")})
+        hint = f"; ops with no ONNX equivalent: {', '.join(unknown)}" if unknown else ""
+        raise ConversionError(f"tf2onnx wrote an invalid ONNX model{hint}: {first_line(exc)}",
+                              details={"blocking_ops": unknown}) from exc
+    onnx.save(proto, str(path))
+    return Exported()
+
+
+def describe(path: Path, model: Model) -> dict[str, int]:
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return dict(sorted(Counter(n.op_type for n in proto.graph.node).items()))
+
+
+def runner(path: Path, model: Model):
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+
+    def run(feed: dict) -> dict:
+        return dict(zip(names, session.run(names, feed)))
+    return run
+

@@ -1,0 +1,165 @@
+"""Small helpers over tf.compat.v1.GraphDef: name parsing, consumer maps and rewiring.
+
+Everything here is linear in the graph size; passes build on it.
+"""
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import Iterable
+
+
+def node_name(ref: str) -> str:
+    """'^a' -> 'a', 'a:1' -> 'a', 'a' -> 'a'."""
+    ref = ref[1:] if ref.startswith("^") else ref
+    head, sep, port = ref.rpartition(":")
+    return head if sep and port.isdigit() else ref
+
+
+def is_control(ref: str) -> bool:
+    return ref.startswith("^")
+
+
+def op_histogram(graph_def) -> dict[str, int]:
+    return dict(sorted(Counter(n.op for n in graph_def.node).items()))
+
+
+def consumers(graph_def) -> dict[str, list]:
+    """node name -> the NodeDefs that read it (data or control)."""
+    out = defaultdict(list)
+    for node in graph_def.node:
+        for ref in node.input:
+            out[node_name(ref)].append(node)
+    return out
+
+
+def reachable(graph_def, roots: Iterable[str]) -> set[str]:
+    """Names of the nodes that the given nodes depend on, themselves included."""
+    by_name = {n.name: n for n in graph_def.node}
+    seen, stack = set(), [r for r in roots if r in by_name]
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        stack.extend(node_name(ref) for ref in by_name[name].input if node_name(ref) in by_name)
+    return seen
+
+
+def keep_nodes(graph_def, keep: set[str]):
+    """A copy of graph_def holding only the named nodes (the function library is kept)."""
+    out = type(graph_def)()
+    out.versions.CopyFrom(graph_def.versions)
+    out.library.CopyFrom(graph_def.library)
+    out.node.extend(n for n in graph_def.node if n.name in keep)
+    return out
+
+
+def bypass_nodes(graph_def, removed: dict[str, str | None]):
+    """Remove nodes, rewiring their consumers.
+
+    `removed` maps each node to the ref that replaces its data output 0 (None when
+    nothing may read its data). A control edge on a removed node becomes control
+    edges on the surviving nodes that the removed node was itself ordered after.
+    """
+
+    by_name = {n.name: n for n in graph_def.node}
+
+    def control_sources(name: str, seen: set[str]) -> list[str]:
+        # the nearest surviving nodes a removed node was ordered after
+        found = []
+        for ref in by_name[name].input:
+            src = node_name(ref)
+            if src in seen or src not in by_name:
+                continue
+            seen.add(src)
+            if src in removed:
+                found.extend(control_sources(src, seen))
+            elif is_control(ref):
+                found.append(src)
+        return found
+
+    def resolve(ref: str) -> str:
+        while node_name(ref) in removed and not is_control(ref):
+            replacement = removed[node_name(ref)]
+            if replacement is None:
+                raise ValueError(f"{ref} is read but its node is removed without a replacement")
+            ref = replacement
+        return ref
+
+    out = type(graph_def)()
+    out.versions.CopyFrom(graph_def.versions)
+    out.library.CopyFrom(graph_def.library)
+    for node in graph_def.node:
+        if node.name in removed:
+            continue
+        data, control = [], []
+        for ref in node.input:
+            if is_control(ref):
+                src = node_name(ref)
+                control.extend(control_sources(src, set()) if src in removed else [src])
+            else:
+                data.append(resolve(ref))
+        data_nodes = {node_name(r) for r in data}
+        control = [c for c in dict.fromkeys(control) if c not in data_nodes and c != node.name]
+        new = out.node.add()
+        new.CopyFrom(node)
+        del new.input[:]
+        new.input.extend(data + ["^" + c for c in control])
+    return out
+
+
+def rename_node(graph_def, old: str, new: str) -> None:
+    """Rename a node in place and every reference to it."""
+    for node in graph_def.node:
+        if node.name == old:
+            node.name = new
+        for i, ref in enumerate(node.input):
+            if node_name(ref) == old:
+                node.input[i] = ref.replace(old, new, 1)
+
+
+def constant_bytes(graph_def) -> int:
+    """Bytes held by the Const nodes of a graph."""
+    import numpy as np
+    import tensorflow as tf
+
+    total = 0
+    for node in graph_def.node:
+        if node.op != "Const":
+            continue
+        tensor = node.attr["value"].tensor
+        if tensor.tensor_content:
+            total += len(tensor.tensor_content)
+        elif tensor.dtype == tf.string.as_datatype_enum:
+            total += sum(len(s) for s in tensor.string_val)
+        else:
+            dims = [d.size for d in tensor.tensor_shape.dim]
+            total += int(np.prod(dims)) * tf.dtypes.as_dtype(tensor.dtype).size
+    return total
+
+
+def rename_functions(graph_def, suffix: str):
+    """A copy whose library functions all carry `suffix`, so that it can be imported into a
+    context that already holds differently-optimized functions of the same names."""
+    out = type(graph_def)()
+    out.CopyFrom(graph_def)
+    names = {f.signature.name: f.signature.name + suffix for f in out.library.function}
+    if not names:
+        return out
+
+    def fix(nodes) -> None:
+        for node in nodes:
+            for attr in node.attr.values():
+                if attr.HasField("func") and attr.func.name in names:
+                    attr.func.name = names[attr.func.name]
+                for func in attr.list.func:
+                    if func.name in names:
+                        func.name = names[func.name]
+
+    fix(out.node)
+    for fdef in out.library.function:
+        fdef.signature.name = names[fdef.signature.name]
+        fix(fdef.node_def)
+    for grad in out.library.gradient:
+        grad.function_name = names.get(grad.function_name, grad.function_name)
+    return out

@@ -1,0 +1,30 @@
+"""Loaders, one per input format, keyed by format name. Each returns a `Loaded`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from tfopt.errors import InputError
+from tfopt.loaders import keras_file, saved_model
+from tfopt.loaders.base import Loaded, LoadOptions, SourceInfo
+
+LOADERS = {module.FORMAT: module for module in (saved_model, keras_file)}
+
+__all__ = ["LOADERS", "Loaded", "LoadOptions", "SourceInfo", "detect_format", "load"]
+
+
+def detect_format(path: Path) -> str:
+    if not path.exists():
+        raise InputError(f"{path} does not exist; pass a SavedModel directory or a "
+                         ".keras/.h5 file")
+    for name, module in LOADERS.items():
+        if module.sniff(path):
+            return name
+    if path.is_dir():
+        raise InputError(f"{path} is a directory but not a SavedModel (no saved_model.pb); "
+                         "point at the SavedModel directory itself")
+    raise InputError(f"{path} is not a model tfopt reads; pass a SavedModel directory or a "
+                     ".keras/.h5 file")
+
+
+def load(path: Path, options: LoadOptions) -> Loaded:
+    return LOADERS[detect_format(path)].load(path, options)

@@ -1,0 +1,82 @@
+"""Loader for Keras 3 `.keras` and legacy `.h5` files, loaded in safe mode."""
+from __future__ import annotations
+
+import zipfile
+from collections import Counter
+from pathlib import Path
+
+from tfopt.errors import InputError, first_line
+from tfopt.loaders.base import (Loaded, LoadOptions, SourceInfo, call_signature,
+                                freeze_function, graph_stats)
+
+FORMAT = "keras"
+SUFFIXES = (".keras", ".h5", ".hdf5")
+SIGNATURE = "serving_default"
+
+
+def sniff(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in SUFFIXES
+
+
+def stored_weights(path: Path) -> list[tuple[str, int]]:
+    """(dataset path, bytes) of every array the file stores, optimizer state included."""
+    import h5py
+
+    found = []
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Dataset):
+            found.append((name, obj.size * obj.dtype.itemsize))
+
+    if path.suffix.lower() == ".keras":
+        with zipfile.ZipFile(path) as archive, archive.open("model.weights.h5") as raw, \
+                h5py.File(raw, "r") as h5:
+            h5.visititems(visit)
+    else:
+        with h5py.File(path, "r") as h5:
+            h5.visititems(visit)
+    return found
+
+
+def is_optimizer_weight(name: str) -> bool:
+    return name.startswith(("optimizer", "optimizer_weights"))
+
+
+def load(path: Path, options: LoadOptions) -> Loaded:
+    import keras
+    import tensorflow as tf
+
+    if options.signature != SIGNATURE:
+        raise InputError(f"signature '{options.signature}' not found in {path}; a Keras file has "
+                         f"one signature: {SIGNATURE}")
+    try:
+        weights = stored_weights(path)
+        model = keras.saving.load_model(str(path), compile=False, safe_mode=True)
+    except Exception as exc:  # zipfile, h5py and keras raise many types for bad files
+        raise InputError(f"cannot load Keras file {path}: {first_line(exc)}; re-save it with "
+                         "model.save('model.keras')") from exc
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError) as exc:
+        raise InputError(f"{path} holds a model without a known input signature; build it "
+                         "with keras.Input(...) or save it as a SavedModel") from exc
+    out_names = list(model.output_names)
+    specs = [tf.TensorSpec(t.shape, t.dtype, name=t.name) for t in inputs]
+
+    @tf.function(input_signature=specs)
+    def serve(*args):
+        outputs = model(list(args) if len(args) > 1 else args[0], training=False)
+        return dict(zip(out_names, tf.nest.flatten(outputs)))
+
+    fn = serve.get_concrete_function()
+    frozen = freeze_function(fn, SIGNATURE)
+    frozen.meta["keepalive"] = model
+    nodes, ops = graph_stats(fn.graph.as_graph_def())
+    optimizer = [(n, b) for n, b in weights if is_optimizer_weight(n)]
+    source = SourceInfo(
+        path=str(path), format=FORMAT, signature=SIGNATURE, nodes=nodes, ops=ops,
+        variables=len(weights), variable_bytes=sum(b for _, b in weights),
+        optimizer_variables=len(optimizer),
+        optimizer_variable_bytes=sum(b for _, b in optimizer))
+    removed = Counter(optimizer=len(optimizer)) if optimizer else Counter()
+    return Loaded(frozen, source, lambda feed: call_signature(fn, feed), removed)

@@ -1,0 +1,157 @@
+"""Loader for TF2 SavedModels (tf.saved_model.save, keras Model.export, tf.Module)."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from tfopt.categories import SAVE_RESTORE_OPS
+from tfopt.errors import InputError, first_line
+from tfopt.graph import node_name
+from tfopt.loaders.base import (Loaded, LoadOptions, SourceInfo, call_signature,
+                                freeze_function, graph_stats)
+
+FORMAT = "saved_model"
+
+
+def sniff(path: Path) -> bool:
+    return path.is_dir() and any((path / f).is_file()
+                                 for f in ("saved_model.pb", "saved_model.pbtxt"))
+
+
+def read_proto(path: Path):
+    from google.protobuf import message, text_format
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    binary = path / "saved_model.pb"
+    try:
+        if binary.is_file():
+            proto.ParseFromString(binary.read_bytes())
+        else:
+            text_format.Parse((path / "saved_model.pbtxt").read_text(), proto)
+    except (message.DecodeError, text_format.ParseError, UnicodeDecodeError) as exc:
+        raise InputError(f"{binary} is truncated or not a SavedModel ({first_line(exc)}); "
+                         "re-export the model with tf.saved_model.save") from exc
+    if not proto.meta_graphs:
+        raise InputError(f"{binary} holds no MetaGraph; re-export the model with "
+                         "tf.saved_model.save")
+    return proto
+
+
+def pick_meta_graph(proto, tags: list[str] | None, path: Path):
+    available = [sorted(m.meta_info_def.tags) for m in proto.meta_graphs]
+    if tags is None:
+        serve = [m for m in proto.meta_graphs if "serve" in m.meta_info_def.tags]
+        return (serve or list(proto.meta_graphs))[0]
+    for meta in proto.meta_graphs:
+        if set(meta.meta_info_def.tags) == set(tags):
+            return meta
+    listed = "; ".join(",".join(t) for t in available)
+    raise InputError(f"tag set '{','.join(tags)}' not found in {path}; available: {listed} "
+                     "(pass one with --tag)")
+
+
+def check_signature(meta, signature: str, path: Path) -> None:
+    names = [k for k in meta.signature_def if not k.startswith("__")]
+    if signature not in names:
+        raise InputError(f"signature '{signature}' not found in {path}; available: "
+                         f"{', '.join(sorted(names)) or 'none'} (pass one with --signature)")
+
+
+def read_variables(path: Path, meta) -> list[tuple[str, str, list[int]]]:
+    """(checkpoint key, dtype, shape) of every saved variable."""
+    import tensorflow as tf
+
+    prefix = path / "variables" / "variables"
+    needs_variables = any(n.WhichOneof("kind") == "variable" for n in meta.object_graph_def.nodes) \
+        or bool(meta.saver_def.filename_tensor_name)
+    if not Path(f"{prefix}.index").is_file():
+        if needs_variables:
+            raise InputError(f"{path} is missing variables/variables.index; copy the whole "
+                             "SavedModel directory, variables/ included")
+        return []
+    try:
+        reader = tf.train.load_checkpoint(str(prefix))
+        dtypes, shapes = reader.get_variable_to_dtype_map(), reader.get_variable_to_shape_map()
+    except Exception as exc:  # TF raises DataLossError, NotFoundError or others here
+        raise InputError(f"variables/ in {path} is corrupt ({first_line(exc)}); re-export "
+                         "the SavedModel") from exc
+    return [(k, dtypes[k].name, shapes[k]) for k in sorted(dtypes)
+            if k != "_CHECKPOINTABLE_OBJECT_GRAPH"]
+
+
+def is_optimizer_variable(key: str) -> bool:
+    return key.startswith("optimizer/") or "/.OPTIMIZER_SLOT/" in key
+
+
+def variable_bytes(dtype: str, shape) -> int:
+    import numpy as np
+    import tensorflow as tf
+
+    count = int(np.prod(shape)) if shape else 1
+    return count * tf.dtypes.as_dtype(dtype).size
+
+
+def signature_closure(meta, signature: str) -> tuple[set[str], set[str]]:
+    """Top-level node names and function names that the signature's outputs depend on."""
+    graph = meta.graph_def
+    by_name = {n.name: n for n in graph.node}
+    functions = {f.signature.name: f for f in graph.library.function}
+    roots = [node_name(t.name) for t in meta.signature_def[signature].outputs.values()]
+    nodes, funcs, stack = set(), set(), [("node", r) for r in roots]
+    while stack:
+        kind, name = stack.pop()
+        seen = nodes if kind == "node" else funcs
+        if name in seen:
+            continue
+        seen.add(name)
+        defs = [by_name[name]] if kind == "node" and name in by_name else \
+            list(functions[name].node_def) if kind == "func" and name in functions else []
+        for node in defs:
+            if kind == "node":
+                stack.extend(("node", node_name(r)) for r in node.input)
+            for attr in node.attr.values():
+                called = [attr.func.name] if attr.HasField("func") else \
+                    [f.name for f in attr.list.func]
+                stack.extend(("func", f) for f in called if f)
+    return nodes, funcs
+
+
+def removed_outside_signature(meta, signature: str) -> Counter:
+    """Nodes of the SavedModel that the frozen signature leaves behind."""
+    nodes, funcs = signature_closure(meta, signature)
+    outside = [n for n in meta.graph_def.node if n.name not in nodes]
+    for fdef in meta.graph_def.library.function:
+        if fdef.signature.name not in funcs:
+            outside.extend(fdef.node_def)
+    return Counter("save_restore" if n.op in SAVE_RESTORE_OPS else "unreachable" for n in outside)
+
+
+def load(path: Path, options: LoadOptions) -> Loaded:
+    import tensorflow as tf
+
+    proto = read_proto(path)
+    meta = pick_meta_graph(proto, options.tags, path)
+    check_signature(meta, options.signature, path)
+    variables = read_variables(path, meta)
+    tags = list(meta.meta_info_def.tags)
+    try:
+        obj = tf.saved_model.load(str(path), tags=tags)
+    except Exception as exc:  # TF raises many types for unloadable models
+        raise InputError(f"TensorFlow cannot load {path}: {first_line(exc)}") from exc
+    fn = obj.signatures[options.signature]
+    model = freeze_function(fn, options.signature)
+    model.meta["keepalive"] = obj  # the reference function needs its variables alive
+
+    nodes, ops = graph_stats(meta.graph_def)
+    optimizer = [(k, d, s) for k, d, s in variables if is_optimizer_variable(k)]
+    source = SourceInfo(
+        path=str(path), format=FORMAT, signature=options.signature, nodes=nodes, ops=ops,
+        variables=len(variables),
+        variable_bytes=sum(variable_bytes(d, s) for _, d, s in variables),
+        optimizer_variables=len(optimizer),
+        optimizer_variable_bytes=sum(variable_bytes(d, s) for _, d, s in optimizer))
+    removed = removed_outside_signature(meta, options.signature)
+    removed["optimizer"] += len(optimizer)
+    return Loaded(model, source, lambda feed: call_signature(fn, feed), removed)
+

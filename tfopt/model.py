@@ -1,0 +1,75 @@
+"""The one in-memory model type that loaders produce, passes transform and exporters consume."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A signature input or output. In the graph it is the tensor `<name>:0`."""
+
+    name: str
+    dtype: str  # numpy dtype name, e.g. "float32"
+    shape: tuple[int | None, ...] | None  # None: unknown rank
+
+    @property
+    def tensor(self) -> str:
+        return f"{self.name}:0"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype,
+                "shape": None if self.shape is None else list(self.shape)}
+
+    def concrete_shape(self, override: tuple[int, ...] | None = None) -> tuple[int, ...]:
+        """The shape to feed: the override, or this shape with unknown dims set to 1."""
+        if override is not None:
+            return tuple(override)
+        if self.shape is None:
+            return (1,)
+        return tuple(1 if d is None else d for d in self.shape)
+
+
+@dataclass
+class Model:
+    """A frozen GraphDef plus its signature.
+
+    Inputs are Placeholder nodes and outputs are nodes named exactly as the
+    signature's keys, so every exporter can keep the user's names.
+    """
+
+    graph_def: object  # tf.compat.v1.GraphDef
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    signature: str = "serving_default"
+    meta: dict = field(default_factory=dict)
+
+    def with_graph(self, graph_def) -> "Model":
+        return replace(self, graph_def=graph_def)
+
+    @property
+    def io_names(self) -> set[str]:
+        return {t.name for t in self.inputs} | {t.name for t in self.outputs}
+
+
+def random_feeds(inputs: list[TensorSpec], shapes: dict[str, tuple[int, ...]],
+                 samples: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Deterministic random inputs chosen by dtype, one feed dict per sample."""
+    rng = np.random.default_rng(seed)
+    feeds = []
+    for _ in range(samples):
+        feed = {}
+        for spec in inputs:
+            shape = spec.concrete_shape(shapes.get(spec.name))
+            dtype = np.dtype(spec.dtype)
+            if dtype == np.bool_:
+                feed[spec.name] = rng.integers(0, 2, shape).astype(bool)
+            elif np.issubdtype(dtype, np.integer):
+                feed[spec.name] = rng.integers(0, 10, shape).astype(dtype)
+            elif np.issubdtype(dtype, np.floating):
+                feed[spec.name] = rng.standard_normal(shape).astype(dtype)
+            else:
+                feed[spec.name] = np.full(shape, b"tfopt", dtype=object)
+        feeds.append(feed)
+    return feeds

@@ -1,0 +1,77 @@
+"""Pass infrastructure: a registry of named `GraphDef -> GraphDef` passes and the pipeline runner.
+
+A pass is a pure function `(graph_def, ctx, log) -> graph_def`. It reports what it changed
+and what it skipped (with the reason) through `log`, and never mutates its input.
+"""
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+from tfopt.model import Model
+
+
+@dataclass(frozen=True)
+class PassContext:
+    inputs: tuple[str, ...]  # node names the pipeline must keep as they are
+    outputs: tuple[str, ...]
+
+    @property
+    def protected(self) -> frozenset[str]:
+        return frozenset(self.inputs) | frozenset(self.outputs)
+
+
+@dataclass
+class PassLog:
+    changes: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+    removed: Counter = field(default_factory=Counter)  # category -> nodes removed
+
+    def change(self, action: str, **details) -> None:
+        self.changes.append({"action": action, **details})
+
+    def skip(self, node: str, reason: str) -> None:
+        self.skipped.append({"node": node, "reason": reason})
+
+
+@dataclass
+class PassReport:
+    name: str
+    seconds: float
+    nodes_before: int
+    nodes_after: int
+    changes: list[dict]
+    skipped: list[dict]
+    removed: dict[str, int]
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+PassFn = Callable[[object, PassContext, PassLog], object]
+REGISTRY: dict[str, PassFn] = {}
+
+
+def register(name: str) -> Callable[[PassFn], PassFn]:
+    def add(fn: PassFn) -> PassFn:
+        if name in REGISTRY:
+            raise ValueError(f"pass {name} registered twice")
+        REGISTRY[name] = fn
+        return fn
+    return add
+
+
+def run_pipeline(model: Model, names: list[str]) -> tuple[Model, list[PassReport]]:
+    ctx = PassContext(tuple(t.name for t in model.inputs), tuple(t.name for t in model.outputs))
+    reports = []
+    graph_def = model.graph_def
+    for name in names:
+        log = PassLog()
+        start, before = time.perf_counter(), len(graph_def.node)
+        graph_def = REGISTRY[name](graph_def, ctx, log)
+        reports.append(PassReport(name, round(time.perf_counter() - start, 4), before,
+                                  len(graph_def.node), log.changes, log.skipped,
+                                  dict(log.removed)))
+    return model.with_graph(graph_def), reports

@@ -1,0 +1,49 @@
+"""Grappler with only the optimizers whose output every exporter understands.
+
+The remapper is never enabled: its _Fused* ops exist only inside TensorFlow.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+from tfopt.categories import IDENTITY_OPS
+from tfopt.graph import op_histogram
+from tfopt.passes.base import PassContext, PassLog, register
+
+OPTIMIZERS = ["function", "constfold", "shape", "arithmetic", "dependency"]
+
+
+def optimize(graph_def, fetch: list[str], optimizers: list[str]):
+    import tensorflow as tf
+    from tensorflow.core.protobuf import config_pb2, meta_graph_pb2, rewriter_config_pb2
+    from tensorflow.python.grappler import tf_optimizer
+
+    config = config_pb2.ConfigProto()
+    rewrite = config.graph_options.rewrite_options
+    rewrite.optimizers[:] = optimizers
+    rewrite.remapping = rewriter_config_pb2.RewriterConfig.OFF
+    rewrite.meta_optimizer_iterations = rewriter_config_pb2.RewriterConfig.TWO
+    rewrite.experimental_disable_folding_quantization_emulation = True
+    config.graph_options.infer_shapes = True
+    with tf.Graph().as_default():  # export_meta_graph refuses to run eagerly
+        meta_graph = tf.compat.v1.train.export_meta_graph(graph_def=graph_def)
+    fetches = meta_graph_pb2.CollectionDef()
+    fetches.node_list.value.extend(fetch)
+    meta_graph.collection_def["train_op"].CopyFrom(fetches)
+    return tf_optimizer.OptimizeGraph(config, meta_graph)
+
+
+@register("grappler")
+def grappler(graph_def, ctx: PassContext, log: PassLog):
+    out = optimize(graph_def, list(ctx.inputs + ctx.outputs), OPTIMIZERS)
+    before, after = Counter(op_histogram(graph_def)), Counter(op_histogram(out))
+    for op, count in sorted((before - after).items()):
+        category = "identity" if op in IDENTITY_OPS else "folded_constants"
+        log.removed[category] += count
+        log.change("removed", op=op, count=count)
+    for op, count in sorted((after - before).items()):
+        log.change("added", op=op, count=count)
+    fused = sorted(op for op in after if op.startswith("_"))
+    if fused:
+        raise RuntimeError(f"Grappler emitted TF-internal ops {fused}; no exporter reads them")
+    return out

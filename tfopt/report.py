@@ -1,0 +1,146 @@
+"""The result of a run: a typed object, `report.json` and the printed summary all come from it."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+from tfopt.errors import EXIT_OK, EXIT_PARITY, EXIT_TARGET_FAILED
+from tfopt.loaders import SourceInfo
+from tfopt.model import TensorSpec
+from tfopt.passes import PassReport
+from tfopt.verify import Parity
+
+
+@dataclass
+class GraphSummary:
+    nodes: int
+    ops: dict[str, int]
+    constant_bytes: int
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class ArtifactReport:
+    format: str
+    status: str  # "ok" or "failed"
+    path: str | None = None
+    precision: str = "fp32"
+    bytes: int | None = None
+    nodes: int | None = None
+    ops: dict[str, int] = field(default_factory=dict)
+    fallback: str | None = None
+    parity: Parity | None = None
+    seconds: float = 0.0
+    error: str | None = None
+    attempts: list[dict] = field(default_factory=list)
+    blocking_ops: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        out = dict(self.__dict__)
+        out["parity"] = self.parity.to_dict() if self.parity else None
+        return out
+
+
+@dataclass
+class FreezeResult:
+    """Everything a run did. `exit_code` is the CLI's exit code for it."""
+
+    tfopt_version: str
+    seconds: float
+    out_dir: str
+    source: SourceInfo
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    removed: dict[str, int]
+    passes: list[PassReport]
+    frozen: GraphSummary
+    artifacts: list[ArtifactReport]
+
+    @property
+    def failed_targets(self) -> list[str]:
+        return [a.format for a in self.artifacts if a.status != "ok"]
+
+    @property
+    def parity_failures(self) -> list[str]:
+        return [a.format for a in self.artifacts if a.parity and not a.parity.passed]
+
+    @property
+    def exit_code(self) -> int:
+        if self.failed_targets:
+            return EXIT_TARGET_FAILED
+        return EXIT_PARITY if self.parity_failures else EXIT_OK
+
+    def artifact(self, fmt: str) -> ArtifactReport:
+        return next(a for a in self.artifacts if a.format == fmt)
+
+    def to_dict(self) -> dict:
+        return {
+            "tfopt_version": self.tfopt_version, "seconds": self.seconds, "out_dir": self.out_dir,
+            "exit_code": self.exit_code, "source": self.source.to_dict(),
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+            "removed": self.removed, "passes": [p.to_dict() for p in self.passes],
+            "frozen": self.frozen.to_dict(), "artifacts": [a.to_dict() for a in self.artifacts]}
+
+    def to_json(self) -> str:
+        return json.dumps(_strict(self.to_dict()), indent=2, default=str)
+
+    def summary(self) -> str:
+        """The human-readable table the CLI prints."""
+        src = self.source
+        lines = [
+            f"tfopt {self.tfopt_version}: {src.path} ({src.format}, signature "
+            f"'{src.signature}') -> {self.out_dir} in {self.seconds:.1f} s",
+            f"  source  {src.nodes:>7} nodes  {src.variables} variables "
+            f"({_size(src.variable_bytes)}; optimizer state {src.optimizer_variables} "
+            f"variables, {_size(src.optimizer_variable_bytes)})",
+            f"  frozen  {self.frozen.nodes:>7} nodes  constants {_size(self.frozen.constant_bytes)}",
+            "  inputs  " + ", ".join(_spec(t) for t in self.inputs),
+            "  outputs " + ", ".join(_spec(t) for t in self.outputs),
+            "  removed " + (", ".join(f"{k} {v}" for k, v in self.removed.items() if v) or "none"),
+            "",
+            f"  {'pass':<14}{'nodes':>15}{'changes':>9}{'skipped':>9}{'seconds':>9}",
+        ]
+        for p in self.passes:
+            lines.append(f"  {p.name:<14}{p.nodes_before:>7} ->{p.nodes_after:>5}"
+                         f"{len(p.changes):>9}{len(p.skipped):>9}{p.seconds:>9.2f}")
+        lines += ["", f"  {'target':<12}{'status':<8}{'bytes':>10}{'nodes':>7}{'max_abs_err':>13}"
+                      f"{'parity':>8}  note"]
+        for a in self.artifacts:
+            parity = a.parity
+            err = f"{parity.max_abs_err:.2e}" if parity else "-"
+            verdict = ("pass" if parity.passed else "FAIL") if parity else "-"
+            note = a.error or (f"fallback {a.fallback}" if a.fallback else "")
+            lines.append(f"  {a.format:<12}{a.status:<8}{_size(a.bytes):>10}"
+                         f"{a.nodes if a.nodes is not None else '-':>7}{err:>13}{verdict:>8}  {note}")
+        return "\n".join(lines)
+
+
+def _spec(t: TensorSpec) -> str:
+    shape = "?" if t.shape is None else "[" + ",".join("?" if d is None else str(d)
+                                                        for d in t.shape) + "]"
+    return f"{t.name} {t.dtype}{shape}"
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def _strict(value):
+    # JSON has no Infinity or NaN; write them as strings
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
