@@ -180,12 +180,15 @@ def _export(fmt, model, staging, out, options, feeds, expected, atol, rtol) -> A
     start = time.perf_counter()
     try:
         exported = exporter.export(model, path, options)
-    except ConversionError as exc:
+    except Exception as exc:  # one target failing must not stop the others
         _remove(path)
-        return ArtifactReport(format=fmt, status="failed", error=str(exc),
+        details = exc.details if isinstance(exc, ConversionError) else {}
+        message = str(exc) if isinstance(exc, ConversionError) else \
+            f"{fmt} export failed: {first_line(exc)}"
+        return ArtifactReport(format=fmt, status="failed", error=message,
                               seconds=round(time.perf_counter() - start, 2),
-                              attempts=exc.details.get("attempts", []),
-                              blocking_ops=exc.details.get("blocking_ops", []))
+                              attempts=details.get("attempts", []),
+                              blocking_ops=details.get("blocking_ops", []))
     report = ArtifactReport(format=fmt, status="ok", path=str(out / exporter.FILENAME),
                             precision=exported.precision, fallback=exported.fallback,
                             attempts=exported.attempts,

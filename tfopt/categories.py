@@ -31,6 +31,11 @@ _OPTIMIZER_SCOPE = re.compile(r"(^|/)(optimizer|Adam\w*|SGD|Momentum|RMSProp|Ada
                               r"global_step|beta[12]_power)(/|$|_\d+$)")
 
 
+def is_update_op(op: str) -> bool:
+    """Optimizer applies and variable assignments."""
+    return bool(_OPTIMIZER_OP.search(op))
+
+
 def is_summary_op(op: str) -> bool:
     return op in SUMMARY_OPS or op.endswith("Summary") or op.endswith("SummaryV2")
 
@@ -44,10 +49,11 @@ def classify(node) -> str | None:
         return "summaries"
     if op in SAVE_RESTORE_OPS or name.startswith("save/"):
         return "save_restore"
-    if name.startswith("gradients/") or "/gradients/" in name or op.endswith("Grad") \
+    if name.startswith(("gradients/", "gradient_tape/")) or "/gradients/" in name \
+            or "/gradient_tape/" in name or op.endswith("Grad") \
             or op == "BroadcastGradientArgs":
         return "gradients"
-    if _OPTIMIZER_OP.search(op) or _OPTIMIZER_SCOPE.search(name):
+    if is_update_op(op) or _OPTIMIZER_SCOPE.search(name):
         return "optimizer"
     if op in INITIALIZER_OPS or name.endswith("/Initializer") or "/Initializer/" in name \
             or name == "init" or name.startswith("init_"):

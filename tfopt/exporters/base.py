@@ -48,3 +48,11 @@ def serving_function(model: Model):
     module = tf.Module()
     module.serve = serve
     return module, serve.get_concrete_function()
+
+
+def save_inference_model(model: Model, path) -> None:
+    """Write the frozen graph as a SavedModel with no variables and the model's signature."""
+    import tensorflow as tf
+
+    module, fn = serving_function(model)
+    tf.saved_model.save(module, str(path), signatures={model.signature: fn})

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tfopt.exporters.base import Exported, ExportOptions, serving_function
+from tfopt.exporters.base import Exported, ExportOptions, save_inference_model
 from tfopt.model import Model
 
 FORMAT = "saved_model"
@@ -13,10 +13,7 @@ FILENAME = "saved_model"
 
 
 def export(model: Model, path: Path, options: ExportOptions) -> Exported:
-    import tensorflow as tf
-
-    module, fn = serving_function(model)
-    tf.saved_model.save(module, str(path), signatures={model.signature: fn})
+    save_inference_model(model, path)
     return Exported()
 
 

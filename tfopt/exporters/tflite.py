@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import re
+import tempfile
 import warnings
 from pathlib import Path
 
 from tfopt.errors import ConversionError
-from tfopt.exporters.base import Exported, ExportOptions, serving_function
+from tfopt.exporters.base import Exported, ExportOptions, save_inference_model
 from tfopt.logs import native_stderr_silenced
 from tfopt.model import Model
 
@@ -17,10 +18,11 @@ FILENAME = "model.tflite"
 ATTEMPTS = ("none", "tensor_list_single_batch", "select_tf_ops")
 
 
-def _converter(fn, module, fallback: str):
+def _converter(saved_model_dir: str, signature: str, fallback: str):
     import tensorflow as tf
 
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([fn], module)
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir,
+                                                         signature_keys=[signature])
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if fallback == "tensor_list_single_batch":
         converter._experimental_default_to_single_batch_in_tensor_list_ops = True
@@ -38,12 +40,18 @@ def blocking_ops(message: str) -> list[str]:
 
 
 def export(model: Model, path: Path, options: ExportOptions) -> Exported:
-    module, fn = serving_function(model)
+    # through a variable-free SavedModel: from_concrete_functions drops the signature's name
+    with tempfile.TemporaryDirectory(prefix="tfopt-tflite-") as saved_model_dir:
+        save_inference_model(model, Path(saved_model_dir))
+        return _convert(saved_model_dir, model.signature, path)
+
+
+def _convert(saved_model_dir: str, signature: str, path: Path) -> Exported:
     result = Exported()
     for fallback in ATTEMPTS:
         try:
             with native_stderr_silenced():
-                flatbuffer = _converter(fn, module, fallback).convert()
+                flatbuffer = _converter(saved_model_dir, signature, fallback).convert()
         except Exception as exc:  # the converter raises ConverterError and others
             message = str(exc).strip()
             result.attempts.append({"fallback": fallback, "error": _summary(message),

@@ -7,6 +7,8 @@ from typing import Callable
 
 import numpy as np
 
+from tfopt.categories import is_update_op
+from tfopt.errors import InputError, first_line
 from tfopt.graph import op_histogram, rename_node
 from tfopt.model import Model, TensorSpec
 
@@ -68,8 +70,17 @@ def freeze_function(fn, signature: str) -> Model:
     from tensorflow.python.framework.convert_to_constants import (
         convert_variables_to_constants_v2)
 
-    frozen = convert_variables_to_constants_v2(fn, lower_control_flow=False,
-                                               aggressive_inlining=True)
+    try:
+        frozen = convert_variables_to_constants_v2(fn, lower_control_flow=False,
+                                                   aggressive_inlining=True)
+    except Exception as exc:  # TF raises ValueError, InvalidArgumentError and others
+        _, ops = graph_stats(fn.graph.as_graph_def())
+        updates = sorted(op for op in ops if is_update_op(op))
+        if updates:
+            raise InputError(f"signature '{signature}' updates variables ({', '.join(updates)}), "
+                             "so it is a training step; pass an inference signature with "
+                             "--signature") from exc
+        raise InputError(f"cannot freeze signature '{signature}': {first_line(exc)}") from exc
     graph_def = frozen.graph.as_graph_def()
     in_names, out_names = function_io_names(fn)
     if len(in_names) != len(frozen.inputs):

@@ -60,7 +60,8 @@ def load(path: Path, options: LoadOptions) -> Loaded:
     except (AttributeError, ValueError) as exc:
         raise InputError(f"{path} holds a model without a known input signature; build it "
                          "with keras.Input(...) or save it as a SavedModel") from exc
-    out_names = list(model.output_names)
+    # a Sequential model has one output, named after its last layer
+    out_names = list(getattr(model, "output_names", None) or [model.layers[-1].name])
     specs = [tf.TensorSpec(t.shape, t.dtype, name=t.name) for t in inputs]
 
     @tf.function(input_signature=specs)

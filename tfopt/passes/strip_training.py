@@ -1,10 +1,13 @@
-"""Remove debug and summary ops: Assert, CheckNumerics, Print*, StringFormat, every summary op.
+"""Remove training-only and debug ops that the outputs reach only through control edges.
 
-Written here because Grappler's debug_stripper keeps summaries and reports nothing per node.
+Debug ops (Assert, CheckNumerics, Print*, StringFormat), every summary op, variable
+updates (Assign*, *Apply*) and save/restore ops. Written here because Grappler's
+debug_stripper keeps summaries and updates and reports nothing per node.
 """
 from __future__ import annotations
 
-from tfopt.categories import DEBUG_OPS, DEBUG_PASSTHROUGH_OPS, is_summary_op
+from tfopt.categories import (DEBUG_OPS, DEBUG_PASSTHROUGH_OPS, SAVE_RESTORE_OPS, is_summary_op,
+                              is_update_op)
 from tfopt.graph import bypass_nodes, consumers, is_control, node_name
 from tfopt.passes.base import PassContext, PassLog, register
 
@@ -14,15 +17,19 @@ def _category(node) -> str | None:
         return "debug"
     if is_summary_op(node.op):
         return "summaries"
+    if is_update_op(node.op):
+        return "optimizer"
+    if node.op in SAVE_RESTORE_OPS:
+        return "save_restore"
     return None
 
 
-@register("strip_debug")
-def strip_debug(graph_def, ctx: PassContext, log: PassLog):
+@register("strip_training")
+def strip_training(graph_def, ctx: PassContext, log: PassLog):
     readers = consumers(graph_def)
     candidates = {n.name: n for n in graph_def.node
                   if _category(n) and n.name not in ctx.protected}
-    # a sink stays while a non-debug node reads its data; iterate to a fixpoint
+    # a sink stays while a node we keep reads its data; iterate to a fixpoint
     sinks = {name for name, n in candidates.items() if n.op not in DEBUG_PASSTHROUGH_OPS}
     changed = True
     while changed:
@@ -34,7 +41,7 @@ def strip_debug(graph_def, ctx: PassContext, log: PassLog):
                                 for ref in r.input)), None)
             if blocker is not None:
                 sinks.discard(name)
-                log.skip(name, f"its output feeds {blocker}, which is not a debug op")
+                log.skip(name, f"its output feeds {blocker}, which is kept")
                 changed = True
     removed = {}
     for name, node in candidates.items():

@@ -1,0 +1,105 @@
+"""The command line as a user runs it, and the Python API's contract."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import SAMPLES
+from tfopt.cli import main
+
+REPORT_KEYS = {"tfopt_version", "seconds", "source", "inputs", "outputs", "removed", "passes",
+               "frozen", "artifacts"}
+
+
+def test_module_cli_prints_the_report_as_json(tmp_path):
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-m", "tfopt.freeze", str(SAMPLES / "debug_module"),
+                          "-o", str(out), "--json"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    printed = json.loads(run.stdout)
+    assert printed == json.loads((out / "report.json").read_text())
+    assert REPORT_KEYS <= printed.keys()
+    assert {"path", "format", "signature", "nodes", "ops", "variables",
+            "variable_bytes"} <= printed["source"].keys()
+    assert printed["inputs"] == [{"name": "x", "dtype": "float32", "shape": [None, 8]}]
+    assert {"name", "seconds", "nodes_before", "nodes_after", "changes",
+            "skipped"} <= printed["passes"][0].keys()
+    for artifact in printed["artifacts"]:
+        assert {"format", "path", "precision", "bytes", "nodes", "ops", "fallback",
+                "parity"} <= artifact.keys()
+        assert {"max_abs_err", "max_rel_err", "passed", "samples"} <= artifact["parity"].keys()
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "model.pb", "model.tflite",
+                                                      "report.json", "saved_model"]
+    assert "Traceback" not in run.stderr
+
+
+def test_console_script_is_quiet_with_q(tmp_path):
+    script = Path(sys.executable).parent / "tfopt"
+    run = subprocess.run([str(script), str(SAMPLES / "debug_module"), "-o", str(tmp_path / "o"),
+                          "--to", "pb", "-q"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == ""
+
+
+def test_summary_table_names_every_target(tmp_path, capsys):
+    assert main([str(SAMPLES / "keras_cnn"), "-o", str(tmp_path / "o"), "--to", "onnx,pb"]) == 0
+    table = capsys.readouterr().out
+    assert "removed" in table and "optimizer" in table
+    assert "\n  onnx " in table and "\n  pb " in table and "pass" in table
+
+
+def test_parity_over_tolerance_exits_4(tmp_path, capsys):
+    code = main([str(SAMPLES / "keras_cnn"), "-o", str(tmp_path / "o"), "--to", "onnx,pb",
+                 "--atol", "0", "--rtol", "0", "-q"])
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    onnx = next(a for a in report["artifacts"] if a["format"] == "onnx")
+    if onnx["parity"]["max_abs_err"] == 0:
+        pytest.skip("onnxruntime matched TF bit for bit on this machine")
+    assert code == 4
+    assert not onnx["parity"]["passed"]
+    assert "onnx outputs differ" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def unconvertible(tmp_path_factory) -> Path:
+    """A model with Betainc, which neither ONNX nor TFLite builtins can express."""
+    import tensorflow as tf
+
+    class Special(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+        def serve(self, x):
+            a = tf.abs(x) + 1.0
+            return {"y": tf.math.betainc(a, a + 1.0, tf.fill(tf.shape(x), 0.5))}
+
+    path = tmp_path_factory.mktemp("special") / "betainc"
+    tf.saved_model.save(Special(), str(path))
+    return path
+
+
+def test_failed_targets_exit_3_and_the_rest_is_written(unconvertible, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main([str(unconvertible), "-o", str(out), "-q"]) == 3
+    err = capsys.readouterr().err
+    assert "target onnx failed" in err and "target tflite failed" in err
+    assert sorted(p.name for p in out.iterdir()) == ["model.pb", "report.json", "saved_model"]
+    report = json.loads((out / "report.json").read_text())
+    tflite = next(a for a in report["artifacts"] if a["format"] == "tflite")
+    assert tflite["status"] == "failed" and "tf.Betainc" in tflite["blocking_ops"]
+    assert [a["fallback"] for a in tflite["attempts"]] == ["none", "tensor_list_single_batch",
+                                                          "select_tf_ops"]
+    onnx = next(a for a in report["artifacts"] if a["format"] == "onnx")
+    assert "Betainc" in onnx["error"]
+
+
+def test_python_api_survives_importing_the_cli_module(tmp_path):
+    import tfopt
+    import tfopt.freeze  # noqa: F401  (the -m entry point must not shadow the function)
+
+    result = tfopt.freeze(SAMPLES / "debug_module", tmp_path / "o", targets=["pb"])
+    assert isinstance(result, tfopt.FreezeResult)
+    assert json.loads((tmp_path / "o" / "report.json").read_text()) == \
+        json.loads(result.to_json())

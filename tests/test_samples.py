@@ -1,0 +1,184 @@
+"""End-to-end conversions of the bundled samples and a keras.applications model."""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import SAMPLES, tree_digest
+
+TARGETS = ["onnx", "tflite", "pb", "saved_model"]
+SUMMARY_OPS = ("ScalarSummary", "HistogramSummary", "MergeSummary", "WriteScalarSummary",
+               "WriteSummary", "TensorSummaryV2")
+
+
+def assert_all_targets_match(result, atol=1e-5):
+    assert [a.format for a in result.artifacts] == TARGETS
+    for artifact in result.artifacts:
+        assert artifact.status == "ok", artifact.error
+        assert artifact.parity.passed
+        assert artifact.parity.max_abs_err <= atol, (artifact.format, artifact.parity)
+        assert Path(artifact.path).exists()
+    assert result.exit_code == 0
+
+
+def stock_tflite(src: Path) -> bytes:
+    import tensorflow as tf
+
+    return tf.lite.TFLiteConverter.from_saved_model(str(src)).convert()
+
+
+def test_keras_cnn_converts_and_drops_optimizer_state(freeze_once, tmp_path):
+    before = tree_digest(SAMPLES / "keras_cnn")
+    result = freeze_once("keras_cnn", SAMPLES / "keras_cnn")
+    assert_all_targets_match(result)
+    assert tree_digest(SAMPLES / "keras_cnn") == before
+
+    from tfopt.exporters.tflite import op_names
+    ops = op_names(Path(result.artifact("tflite").path))
+    assert "VAR_HANDLE" not in ops and "READ_VARIABLE" not in ops
+
+    # the optimizer's slots were in the source; none reach the frozen graph
+    source = result.source
+    assert source.optimizer_variables > 0 and result.removed["optimizer"] == \
+        source.optimizer_variables
+    model_weight_bytes = source.variable_bytes - source.optimizer_variable_bytes
+    assert 0 < result.frozen.constant_bytes <= model_weight_bytes
+    report = json.loads((Path(result.out_dir) / "report.json").read_text())
+    assert report["source"]["variable_bytes"] == source.variable_bytes
+    assert report["frozen"]["constant_bytes"] == result.frozen.constant_bytes
+
+
+def test_stock_converter_on_keras_cnn_leaves_variables_and_nans(tmp_path):
+    """The baseline tfopt beats: the stock converter keeps resource variables in the model."""
+    import tensorflow as tf
+
+    from tfopt.exporters.tflite import op_names
+
+    path = tmp_path / "stock.tflite"
+    path.write_bytes(stock_tflite(SAMPLES / "keras_cnn"))
+    assert op_names(path).count("VAR_HANDLE") > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        runner = tf.lite.Interpreter(model_path=str(path)).get_signature_runner()
+    out = runner(inputs=np.ones((1, 32, 32, 3), np.float32))["output_0"]
+    assert np.isnan(out).all()
+
+
+def test_debug_module_loses_every_debug_op(freeze_once):
+    result = freeze_once("debug_module", SAMPLES / "debug_module")
+    assert_all_targets_match(result)
+    for op in ("Assert", "CheckNumerics", "PrintV2", "StringFormat") + SUMMARY_OPS:
+        assert op not in result.frozen.ops
+        assert op not in result.artifact("pb").ops
+    assert result.removed["debug"] >= 4  # CheckNumerics, PrintV2, StringFormat, Assert
+    assert result.removed["summaries"] >= 1
+    strip = next(p for p in result.passes if p.name == "strip_training")
+    assert {c["op"] for c in strip.changes} >= {"CheckNumerics", "PrintV2", "Assert",
+                                                "ScalarSummary"}
+
+
+def test_stock_converter_fails_on_debug_module():
+    with pytest.raises(Exception, match="StringFormat"):
+        stock_tflite(SAMPLES / "debug_module")
+
+
+def test_training_signature_is_refused_with_a_hint(tmp_path):
+    import tfopt
+    from tfopt.errors import InputError
+
+    with pytest.raises(InputError, match="signature 'train' updates variables.*--signature"):
+        tfopt.freeze(SAMPLES / "debug_module", tmp_path / "out", signature="train")
+    assert not (tmp_path / "out").exists()
+
+
+def test_lstm_gru_converts_or_reports_tflite(freeze_once):
+    result = freeze_once("lstm_gru", SAMPLES / "lstm_gru")
+    for fmt in ("onnx", "pb", "saved_model"):
+        artifact = result.artifact(fmt)
+        assert artifact.status == "ok" and artifact.parity.max_abs_err <= 1e-5, artifact
+    tflite = result.artifact("tflite")
+    if tflite.status == "ok":
+        assert tflite.parity.passed and result.exit_code == 0
+        assert not any(op.startswith("Flex") for op in tflite.ops)
+    else:
+        assert result.exit_code == 3
+        assert tflite.blocking_ops and tflite.attempts and tflite.error
+    assert tflite.attempts[0]["fallback"] == "none"
+
+
+def test_mobilenet_v2_keras_file_converts(freeze_once, mobilenet_v2):
+    result = freeze_once("mobilenet_v2", mobilenet_v2)
+    assert_all_targets_match(result)
+    assert result.source.format == "keras" and result.artifact("onnx").parity.samples == 3
+    # an informative model: outputs vary with the input, so parity means something
+    import onnxruntime
+    session = onnxruntime.InferenceSession(result.artifact("onnx").path)
+    rng = np.random.default_rng(5)
+    probs = [session.run(None, {"input_layer": rng.standard_normal((1, 96, 96, 3),
+                                                                   dtype=np.float32)})[0]
+             for _ in range(2)]
+    assert np.abs(probs[0] - probs[1]).max() > 1e-3
+    assert not any(op.startswith("_") for op in result.frozen.ops)
+    assert "FusedBatchNormV3" not in result.artifact("pb").ops
+
+
+def test_h5_file_loads(tmp_path):
+    import keras
+
+    import tfopt
+
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((5,), name="features"), keras.layers.Dense(3)])
+    model.save(tmp_path / "dense.h5")
+    result = tfopt.freeze(tmp_path / "dense.h5", tmp_path / "out", targets=["pb", "tflite"])
+    assert result.exit_code == 0
+    assert [t.name for t in result.inputs] == ["features"]
+    assert result.artifact("tflite").parity.max_abs_err <= 1e-5
+
+
+def test_tf_module_with_several_signatures_and_input_shape(tmp_path):
+    import tensorflow as tf
+
+    import tfopt
+
+    class Scaler(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.k = tf.Variable([[1.5, -2.0, 0.5]])
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="v")])
+        def scale(self, v):
+            return {"scaled": v * self.k}
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="v")])
+        def total(self, v):
+            return {"sum": tf.reduce_sum(v * self.k, axis=1)}
+
+    module = Scaler()
+    tf.saved_model.save(module, str(tmp_path / "m"),
+                        signatures={"scale": module.scale, "total": module.total})
+    result = tfopt.freeze(tmp_path / "m", tmp_path / "out", signature="total",
+                          input_shapes={"v": [4, 3]})
+    assert result.exit_code == 0, [a.error for a in result.artifacts]
+    assert result.inputs[0].shape == (4, 3)
+    assert [t.name for t in result.outputs] == ["sum"]
+    import onnx
+    proto = onnx.load(result.artifact("onnx").path)
+    assert [i.name for i in proto.graph.input] == ["v"]
+    assert [o.name for o in proto.graph.output] == ["sum"]
+    assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim] == [4, 3]
+
+
+def test_user_data_is_used_for_verification(tmp_path, freeze_once):
+    import tfopt
+
+    data = tmp_path / "inputs.npz"
+    np.savez(data, x=np.linspace(-1, 1, 16, dtype=np.float32).reshape(2, 8))
+    result = tfopt.freeze(SAMPLES / "debug_module", tmp_path / "out", data=data,
+                          targets=["onnx"])
+    assert result.artifact("onnx").parity.samples == 1
+    assert result.exit_code == 0
