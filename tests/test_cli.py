@@ -89,8 +89,7 @@ def test_failed_targets_exit_3_and_the_rest_is_written(unconvertible, tmp_path, 
     report = json.loads((out / "report.json").read_text())
     tflite = next(a for a in report["artifacts"] if a["format"] == "tflite")
     assert tflite["status"] == "failed" and "tf.Betainc" in tflite["blocking_ops"]
-    assert [a["fallback"] for a in tflite["attempts"]] == ["none", "tensor_list_single_batch",
-                                                          "select_tf_ops"]
+    assert [a["fallback"] for a in tflite["attempts"]] == ["none", "batch_1", "select_tf_ops"]
     onnx = next(a for a in report["artifacts"] if a["format"] == "onnx")
     assert "Betainc" in onnx["error"]
 

@@ -104,6 +104,10 @@ def test_lstm_gru_converts_or_reports_tflite(freeze_once):
     if tflite.status == "ok":
         assert tflite.parity.passed and result.exit_code == 0
         assert not any(op.startswith("Flex") for op in tflite.ops)
+        if tflite.fallback == "batch_1":  # the artifact must say it takes batch 1 only
+            from tfopt.exporters.tflite import interpreter
+            details = interpreter(Path(tflite.path)).get_input_details()
+            assert [list(d["shape_signature"][:1]) for d in details] == [[1]]
     else:
         assert result.exit_code == 3
         assert tflite.blocking_ops and tflite.attempts and tflite.error

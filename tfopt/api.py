@@ -155,23 +155,13 @@ def _fix_input_shapes(model: Model, shapes: dict[str, tuple[int, ...]]) -> Model
     if unknown:
         raise UsageError(f"--input-shape names unknown input(s) {unknown}; inputs are "
                          f"{[t.name for t in model.inputs]}")
-    graph_def = type(model.graph_def)()
-    graph_def.CopyFrom(model.graph_def)
-    inputs = []
     for spec in model.inputs:
         shape = shapes.get(spec.name)
-        if shape is not None:
-            if spec.shape is not None and (len(shape) != len(spec.shape) or any(
-                    d is not None and d != s for d, s in zip(spec.shape, shape))):
-                raise UsageError(f"--input-shape {spec.name}={','.join(map(str, shape))} does "
-                                 f"not fit the input's shape {list(spec.shape)}")
-            node = next(n for n in graph_def.node if n.name == spec.name)
-            node.attr["shape"].shape.Clear()
-            for d in shape:
-                node.attr["shape"].shape.dim.add(size=d)
-            spec = TensorSpec(spec.name, spec.dtype, shape)
-        inputs.append(spec)
-    return Model(graph_def, inputs, model.outputs, model.signature, model.meta)
+        if shape is not None and spec.shape is not None and (len(shape) != len(spec.shape) or any(
+                d is not None and d != s for d, s in zip(spec.shape, shape))):
+            raise UsageError(f"--input-shape {spec.name}={','.join(map(str, shape))} does "
+                             f"not fit the input's shape {list(spec.shape)}")
+    return model.with_input_shapes(shapes)
 
 
 def _export(fmt, model, staging, out, options, feeds, expected, atol, rtol) -> ArtifactReport:
@@ -201,9 +191,10 @@ def _export(fmt, model, staging, out, options, feeds, expected, atol, rtol) -> A
         actual = [run(feed) for feed in feeds]
     except Exception as exc:  # the artifact's own runtime refused it: a failed target
         _remove(path)
-        report.status, report.path = "failed", None
         report.error = f"{fmt} runtime cannot run the artifact: {first_line(exc)}"
         report.blocking_ops = sorted(op for op in report.ops if op.startswith("Flex"))
+        report.status, report.path, report.bytes, report.nodes, report.ops = \
+            "failed", None, None, None, {}
         return report
     report.parity = compare(expected, actual, atol, rtol)
     return report

@@ -48,9 +48,18 @@ class Model:
     def with_graph(self, graph_def) -> "Model":
         return replace(self, graph_def=graph_def)
 
-    @property
-    def io_names(self) -> set[str]:
-        return {t.name for t in self.inputs} | {t.name for t in self.outputs}
+    def with_input_shapes(self, shapes: dict[str, tuple[int, ...]]) -> "Model":
+        """A copy whose named inputs have these static shapes, in the graph and the signature."""
+        graph_def = type(self.graph_def)()
+        graph_def.CopyFrom(self.graph_def)
+        for node in graph_def.node:
+            if node.name in shapes and node.op == "Placeholder":
+                node.attr["shape"].shape.Clear()
+                for d in shapes[node.name]:
+                    node.attr["shape"].shape.dim.add(size=d)
+        inputs = [TensorSpec(t.name, t.dtype, tuple(shapes[t.name])) if t.name in shapes else t
+                  for t in self.inputs]
+        return Model(graph_def, inputs, self.outputs, self.signature, self.meta)
 
 
 def random_feeds(inputs: list[TensorSpec], shapes: dict[str, tuple[int, ...]],

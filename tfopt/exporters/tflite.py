@@ -14,8 +14,16 @@ from tfopt.model import Model
 FORMAT = "tflite"
 FILENAME = "model.tflite"
 
-# tried in order; tensor-list lowering is on in the first two
-ATTEMPTS = ("none", "tensor_list_single_batch", "select_tf_ops")
+# tried in order. batch_1 fixes unknown batch dimensions to 1, in the inputs and in tensor
+# lists, so that tensor-list lowering has static element shapes (Keras LSTM/GRU need it);
+# the artifact then takes batch 1 only, and says so in its input shapes.
+ATTEMPTS = ("none", "batch_1", "select_tf_ops")
+
+
+def _batch_one(model: Model) -> Model | None:
+    shapes = {t.name: (1,) + tuple(t.shape[1:]) for t in model.inputs
+              if t.shape and t.shape[0] is None}
+    return model.with_input_shapes(shapes) if shapes else None
 
 
 def _converter(saved_model_dir: str, signature: str, fallback: str):
@@ -24,7 +32,7 @@ def _converter(saved_model_dir: str, signature: str, fallback: str):
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir,
                                                          signature_keys=[signature])
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    if fallback == "tensor_list_single_batch":
+    if fallback == "batch_1":
         converter._experimental_default_to_single_batch_in_tensor_list_ops = True
     elif fallback == "select_tf_ops":
         converter.target_spec.supported_ops.append(tf.lite.OpsSet.SELECT_TF_OPS)
@@ -40,27 +48,30 @@ def blocking_ops(message: str) -> list[str]:
 
 
 def export(model: Model, path: Path, options: ExportOptions) -> Exported:
-    # through a variable-free SavedModel: from_concrete_functions drops the signature's name
-    with tempfile.TemporaryDirectory(prefix="tfopt-tflite-") as saved_model_dir:
-        save_inference_model(model, Path(saved_model_dir))
-        return _convert(saved_model_dir, model.signature, path)
-
-
-def _convert(saved_model_dir: str, signature: str, path: Path) -> Exported:
     result = Exported()
-    for fallback in ATTEMPTS:
-        try:
-            with native_stderr_silenced():
-                flatbuffer = _converter(saved_model_dir, signature, fallback).convert()
-        except Exception as exc:  # the converter raises ConverterError and others
-            message = str(exc).strip()
-            result.attempts.append({"fallback": fallback, "error": _summary(message),
-                                    "blocking_ops": blocking_ops(message)})
-            continue
-        result.attempts.append({"fallback": fallback, "error": None})
-        result.fallback = None if fallback == "none" else fallback
-        path.write_bytes(flatbuffer)
-        return result
+    # through a variable-free SavedModel: from_concrete_functions drops the signature's name
+    with tempfile.TemporaryDirectory(prefix="tfopt-tflite-") as workdir:
+        saved = {}
+        for fallback in ATTEMPTS:
+            candidate = _batch_one(model) if fallback == "batch_1" else model
+            if candidate is None:
+                continue
+            if id(candidate) not in saved:
+                saved[id(candidate)] = str(Path(workdir) / fallback)
+                save_inference_model(candidate, saved[id(candidate)])
+            try:
+                with native_stderr_silenced():
+                    flatbuffer = _converter(saved[id(candidate)], model.signature,
+                                            fallback).convert()
+            except Exception as exc:  # the converter raises ConverterError and others
+                message = str(exc).strip()
+                result.attempts.append({"fallback": fallback, "error": _summary(message),
+                                        "blocking_ops": blocking_ops(message)})
+                continue
+            result.attempts.append({"fallback": fallback, "error": None})
+            result.fallback = None if fallback == "none" else fallback
+            path.write_bytes(flatbuffer)
+            return result
     blocked = sorted({op for a in result.attempts for op in a["blocking_ops"]})
     raise ConversionError(f"the TFLite converter failed with every fallback ({', '.join(ATTEMPTS)})"
                           + (f"; blocking ops: {', '.join(blocked)}" if blocked else "")
