@@ -127,7 +127,20 @@ def test_mobilenet_v2_keras_file_converts(freeze_once, mobilenet_v2):
              for _ in range(2)]
     assert np.abs(probs[0] - probs[1]).max() > 1e-3
     assert not any(op.startswith("_") for op in result.frozen.ops)
-    assert "FusedBatchNormV3" not in result.artifact("pb").ops
+    # every batch norm folded: no BN op, no Rsqrt, no Mul/Add by a constant after a conv
+    assert not {"FusedBatchNormV3", "Rsqrt", "Mul", "Sub", "AddN"} & set(result.frozen.ops), \
+        result.frozen.ops
+    import tensorflow as tf
+    graph_def = tf.compat.v1.GraphDef()
+    graph_def.ParseFromString(Path(result.artifact("pb").path).read_bytes())
+    ops = {n.name: n.op for n in graph_def.node}
+    adds = [n for n in graph_def.node if n.op in ("Add", "AddV2")]
+    assert len(adds) == 10  # the residual connections, nothing else
+    assert all(ops[i.split(":")[0]] != "Const" for n in adds for i in n.input)
+    fold = next(p for p in result.passes if p.name == "fold_scale_shift")
+    assert not fold.skipped
+    assert {c["pattern"].split("+")[0] for c in fold.changes} == {"Conv2D",
+                                                                  "DepthwiseConv2dNative"}
 
 
 def test_h5_file_loads(tmp_path):

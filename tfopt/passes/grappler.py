@@ -10,7 +10,9 @@ from tfopt.categories import IDENTITY_OPS
 from tfopt.graph import op_histogram
 from tfopt.passes.base import PassContext, PassLog, register
 
-OPTIMIZERS = ["function", "constfold", "shape", "arithmetic", "dependency"]
+# no "arithmetic": its AddOpsRewrite merges batch-norm shifts into residual AddN nodes,
+# which keeps fold_scale_shift from folding them
+OPTIMIZERS = ["function", "constfold", "shape", "dependency"]
 
 
 def optimize(graph_def, fetch: list[str], optimizers: list[str]):
