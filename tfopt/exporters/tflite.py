@@ -42,9 +42,7 @@ def _converter(saved_model_dir: str, signature: str, fallback: str):
 
 def blocking_ops(message: str) -> list[str]:
     """TF op names the converter's message says it could not express."""
-    found = re.findall(r"'(tf\.\w+)' op", message)
-    found += re.findall(r"\b(tf\.\w+)\b(?= \{|\s*$)", message, flags=re.M)
-    return sorted(set(found))
+    return sorted(set(re.findall(r"'(tf\.\w+)' op", message)))
 
 
 def export(model: Model, path: Path, options: ExportOptions) -> Exported:

@@ -1,6 +1,6 @@
 """A declarative op-type pattern matcher, after TF's Graph Transform Tool (OpTypePattern).
 
-    OpTypePattern("Mul", [OpTypePattern("Conv2D|MatMul", [ANY, CONST]), CONST])
+    OpTypePattern("Mul", [OpTypePattern("Conv2D|MatMul", [OpTypePattern("*"), CONST]), CONST])
 
 matches a Mul whose first input is a Conv2D or MatMul with a constant second input and
 whose second input is a constant. Commutative ops also match with their inputs swapped.
@@ -27,7 +27,6 @@ class OpTypePattern:
         return self.op == "*" or op in self.op.split("|")
 
 
-ANY = OpTypePattern("*")
 CONST = OpTypePattern("Const")
 
 
