@@ -126,3 +126,20 @@ def test_bad_data_keys_are_named(tmp_path, capsys):
                  "--data", str(data)]) == 2
     err = capsys.readouterr().err
     assert "missing: ['x']" in err and "unknown: ['wrong']" in err
+
+
+@pytest.mark.parametrize("shape,expected", [("x=1,9", "does not fit the input's shape"),
+                                            ("nope=1,8", "unknown input")])
+def test_bad_input_shape_is_refused(shape, expected, tmp_path, capsys):
+    assert main([str(SAMPLES / "debug_module"), "-o", str(tmp_path / "out"),
+                 "--input-shape", shape]) == 2
+    assert expected in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_malformed_input_shape_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as caught:
+        main([str(SAMPLES / "debug_module"), "-o", str(tmp_path / "out"),
+              "--input-shape", "x=1,x"])
+    assert caught.value.code == 2
+    assert "is not name=d1,d2" in capsys.readouterr().err

@@ -141,8 +141,7 @@ def _check_feed(feed: dict, inputs: list[TensorSpec]) -> None:
                          f" (missing: {missing}, unknown: {extra})")
     for spec in inputs:
         value = feed[spec.name]
-        if spec.shape is not None and (len(value.shape) != len(spec.shape) or any(
-                d is not None and d != v for d, v in zip(spec.shape, value.shape))):
+        if not spec.accepts(value.shape):
             raise UsageError(f"--data '{spec.name}' has shape {list(value.shape)}, the input "
                              f"takes {list(spec.shape)}")
         feed[spec.name] = value.astype(spec.dtype, copy=False)
@@ -157,8 +156,7 @@ def _fix_input_shapes(model: Model, shapes: dict[str, tuple[int, ...]]) -> Model
                          f"{[t.name for t in model.inputs]}")
     for spec in model.inputs:
         shape = shapes.get(spec.name)
-        if shape is not None and spec.shape is not None and (len(shape) != len(spec.shape) or any(
-                d is not None and d != s for d, s in zip(spec.shape, shape))):
+        if shape is not None and not spec.accepts(shape):
             raise UsageError(f"--input-shape {spec.name}={','.join(map(str, shape))} does "
                              f"not fit the input's shape {list(spec.shape)}")
     return model.with_input_shapes(shapes)

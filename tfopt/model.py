@@ -22,6 +22,11 @@ class TensorSpec:
         return {"name": self.name, "dtype": self.dtype,
                 "shape": None if self.shape is None else list(self.shape)}
 
+    def accepts(self, shape) -> bool:
+        """Whether a concrete shape fits this spec's rank and known dimensions."""
+        return self.shape is None or (len(shape) == len(self.shape) and all(
+            d is None or d == s for d, s in zip(self.shape, shape)))
+
     def concrete_shape(self, override: tuple[int, ...] | None = None) -> tuple[int, ...]:
         """The shape to feed: the override, or this shape with unknown dims set to 1."""
         if override is not None:
