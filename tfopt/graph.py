@@ -108,6 +108,14 @@ def bypass_nodes(graph_def, removed: dict[str, str | None]):
     return out
 
 
+def unique_name(name: str, taken) -> str:
+    """name, or name_1, name_2, ... : the first not in `taken`."""
+    candidate, i = name, 1
+    while candidate in taken:
+        candidate, i = f"{name}_{i}", i + 1
+    return candidate
+
+
 def rename_node(graph_def, old: str, new: str) -> None:
     """Rename a node in place and every reference to it."""
     for node in graph_def.node:

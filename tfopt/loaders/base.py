@@ -9,7 +9,7 @@ import numpy as np
 
 from tfopt.categories import is_update_op
 from tfopt.errors import InputError, first_line
-from tfopt.graph import op_histogram, rename_node
+from tfopt.graph import op_histogram, rename_node, unique_name
 from tfopt.model import Model, TensorSpec
 
 
@@ -102,10 +102,7 @@ def freeze_function(fn, signature: str) -> Model:
     def free(name: str) -> None:
         # move an unrelated node out of the way of a signature name
         if name in taken:
-            i = 1
-            while f"{name}_{i}" in taken:
-                i += 1
-            rename(name, f"{name}_{i}")
+            rename(name, unique_name(name, taken))
 
     inputs = []
     for name, tensor in zip(in_names, frozen.inputs):

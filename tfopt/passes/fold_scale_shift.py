@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfopt.graph import consumers, keep_nodes, node_name, reachable
+from tfopt.graph import consumers, keep_nodes, node_name, reachable, unique_name
 from tfopt.passes.base import PassContext, PassLog, register
 from tfopt.passes.pattern import CONST, OpTypePattern, data_inputs, match
 
@@ -157,12 +157,12 @@ def _fold(found, nodes, readers, ctx, graph_def, log) -> str | None:
     # the step node becomes BiasAdd(linear', bias'); it keeps its name, so readers need no change
     weights_copy = graph_def.node.add()
     weights_copy.CopyFrom(weights)
-    weights_copy.name = _unique(f"{step.name}/folded_weights", nodes)
+    weights_copy.name = unique_name(f"{step.name}/folded_weights", nodes)
     _set_array(weights_copy, new_kernel.astype(dtype))
     nodes[weights_copy.name] = weights_copy
     bias_node = graph_def.node.add()
     bias_node.CopyFrom(weights)
-    bias_node.name = _unique(f"{step.name}/folded_bias", nodes)
+    bias_node.name = unique_name(f"{step.name}/folded_bias", nodes)
     _set_array(bias_node, new_bias.astype(dtype))
     nodes[bias_node.name] = bias_node
     refs = list(linear.input)
@@ -189,13 +189,6 @@ def _scale_kernel(kernel: np.ndarray, scale: np.ndarray, op: str, axis: int) -> 
     shape = [1] * kernel.ndim
     shape[axis] = -1
     return kernel * scale.reshape(shape)
-
-
-def _unique(name: str, nodes: dict) -> str:
-    candidate, i = name, 1
-    while candidate in nodes:
-        candidate, i = f"{name}_{i}", i + 1
-    return candidate
 
 
 def _topological(graph_def) -> list:
