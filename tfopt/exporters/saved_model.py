@@ -21,15 +21,10 @@ def describe(path: Path, model: Model) -> dict[str, int]:
     """Ops the signature runs; the saver plumbing every SavedModel carries is left out."""
     from collections import Counter
 
-    from tfopt.loaders.saved_model import read_proto, signature_closure
+    from tfopt.loaders.saved_model import read_proto, split_by_signature
 
-    meta = read_proto(path).meta_graphs[0]
-    nodes, funcs = signature_closure(meta, model.signature)
-    ops = Counter(n.op for n in meta.graph_def.node if n.name in nodes)
-    for fdef in meta.graph_def.library.function:
-        if fdef.signature.name in funcs:
-            ops.update(n.op for n in fdef.node_def)
-    return dict(sorted(ops.items()))
+    inside, _ = split_by_signature(read_proto(path).meta_graphs[0], model.signature)
+    return dict(sorted(Counter(n.op for n in inside).items()))
 
 
 def runner(path: Path, model: Model):

@@ -117,13 +117,20 @@ def signature_closure(meta, signature: str) -> tuple[set[str], set[str]]:
     return nodes, funcs
 
 
+def split_by_signature(meta, signature: str) -> tuple[list, list]:
+    """(NodeDefs the signature runs, every other NodeDef), functions' bodies included."""
+    nodes, funcs = signature_closure(meta, signature)
+    inside, outside = [], []
+    for node in meta.graph_def.node:
+        (inside if node.name in nodes else outside).append(node)
+    for fdef in meta.graph_def.library.function:
+        (inside if fdef.signature.name in funcs else outside).extend(fdef.node_def)
+    return inside, outside
+
+
 def removed_outside_signature(meta, signature: str) -> Counter:
     """Nodes of the SavedModel that the frozen signature leaves behind."""
-    nodes, funcs = signature_closure(meta, signature)
-    outside = [n for n in meta.graph_def.node if n.name not in nodes]
-    for fdef in meta.graph_def.library.function:
-        if fdef.signature.name not in funcs:
-            outside.extend(fdef.node_def)
+    _, outside = split_by_signature(meta, signature)
     return Counter("save_restore" if n.op in SAVE_RESTORE_OPS else "unreachable" for n in outside)
 
 
