@@ -143,3 +143,27 @@ def test_per_tensor_shape_mismatch_is_skipped():
     assert "Mul" in [n.op for n in after.node]
     assert any("shape mismatch" in s["reason"] for s in log.skipped)
     assert_same_outputs(before, after)
+
+
+@pytest.mark.parametrize("rank", [4, 5])
+def test_channels_first_bias_add_says_nchw(rank):
+    """TF's CPU kernels cannot run channels-first convs, so check the rewrite itself."""
+    kernel = RNG.standard_normal((3,) * (rank - 2) + (2, 4)).astype(np.float32)
+    scale = RNG.uniform(0.5, 1.5, 4).astype(np.float32)
+
+    def graph():
+        x = tf.compat.v1.placeholder(tf.float32, [1, 2] + [5] * (rank - 2), name="x")
+        if rank == 4:
+            y = tf.nn.conv2d(x, kernel, 1, "SAME", data_format="NCHW")
+        else:
+            y = tf.nn.conv3d(x, kernel, [1] * 5, "SAME", data_format="NCDHW")
+        tf.identity(y * tf.constant(scale.reshape(4, *[1] * (rank - 2))), name="y")
+
+    _, after, log = fold(graph)
+    assert not log.skipped
+    nodes = {n.name: n for n in after.node}
+    bias_add = next(n for n in after.node if n.op == "BiasAdd")
+    assert bias_add.attr["data_format"].s == b"NCHW"
+    conv = nodes[bias_add.input[0]]
+    folded = tf.make_ndarray(nodes[conv.input[1]].attr["value"].tensor)
+    np.testing.assert_allclose(folded, kernel * scale, rtol=1e-6)

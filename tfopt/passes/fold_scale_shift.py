@@ -108,7 +108,9 @@ def _fold(found, nodes, readers, ctx, graph_def, log) -> str | None:
         return f"weights of {linear.name} are not constant"
     chain = [linear] + ([bias] if bias is not None else [])
     for node in chain:
-        if len(readers.get(node.name, [])) != 1 or node.name in ctx.protected:
+        if node.name in ctx.protected:
+            return f"{node.name} is a signature input or output"
+        if len(readers.get(node.name, [])) != 1:
             return f"{node.name} has more than one consumer"
     rank, act_axis, w_axis = _channel_layout(linear)
     kernel = _array(weights)
@@ -129,9 +131,8 @@ def _fold(found, nodes, readers, ctx, graph_def, log) -> str | None:
         if isinstance(result, str):
             return result
         scale, shift = result
-        if len(readers.get(step.name, [])) and any(
-                ref.startswith(step.name + ":") and not ref.endswith(":0")
-                for r in readers[step.name] for ref in r.input):
+        if any(ref.startswith(step.name + ":") and not ref.endswith(":0")
+               for r in readers.get(step.name, []) for ref in r.input):
             return "batch-norm statistics outputs are read"
     else:
         refs = data_inputs(step)
@@ -169,13 +170,12 @@ def _fold(found, nodes, readers, ctx, graph_def, log) -> str | None:
     refs[1] = weights_copy.name
     del linear.input[:]
     linear.input.extend(refs)
-    fmt = "NCHW" if act_axis == 1 and rank == 4 else "NCDHW" if act_axis == 1 else None
     step_name, step_op = step.name, step.op
     step.Clear()
     step.name, step.op = step_name, "BiasAdd"
     step.input.extend([linear.name, bias_node.name])
     step.attr["T"].type = weights.attr["dtype"].type
-    if fmt == "NCHW":
+    if act_axis != rank - 1:  # channels first; BiasAdd's "NCHW" means dim 1, for NCDHW too
         step.attr["data_format"].s = b"NCHW"
     readers[linear.name] = [step]
     log.change("folded", pattern=f"{linear.op}{'+BiasAdd' if bias is not None else ''}+{step_op}",
