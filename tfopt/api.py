@@ -30,6 +30,8 @@ def freeze(src: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
            targets: Iterable[str] = TARGETS, signature: str = "serving_default",
            tags: Sequence[str] | None = None,
            input_shapes: Mapping[str, Sequence[int]] | None = None,
+           inputs: Sequence[str] | None = None, outputs: Sequence[str] | None = None,
+           freeze_placeholders: Mapping[str, object] | None = None,
            data: str | os.PathLike | Mapping[str, np.ndarray] | None = None,
            samples: int = 3, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
            opset: int | None = None, overwrite: bool = False,
@@ -37,12 +39,20 @@ def freeze(src: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
     """Freeze a TensorFlow model into verified deployment artifacts.
 
     Args:
-        src: a SavedModel directory or a Keras `.keras`/`.h5` file. It is never modified.
+        src: a TF2 or TF1 SavedModel directory, a Keras `.keras`/`.h5` file, a TF1
+            checkpoint (its `.meta` file or prefix) or a GraphDef `.pb`/`.pbtxt`. It is never
+            modified.
         out_dir: where to write; defaults to `tfopt_out/<source name>`. It must not exist or
             be empty unless `overwrite`. It appears only once everything is written.
         targets: any of "onnx", "tflite", "pb", "saved_model".
         signature, tags: which SavedModel signature and MetaGraph tag set to freeze.
         input_shapes: fixed shapes per input name; they replace unknown dims in every artifact.
+        inputs: TF1 graphs: tensors to feed, as "name[:dtype[:d1,d2,...]]"; each is replaced by
+            a placeholder (e.g. "IteratorGetNext:0:float32:1,224,224,3").
+        outputs: TF1 graphs: output tensors; required for a checkpoint with several
+            candidate outputs.
+        freeze_placeholders: TF1 graphs: placeholder name -> value, e.g. {"is_training":
+            False}; PlaceholderWithDefault nodes that are not inputs take their defaults.
         data: an `.npz` path or a dict of arrays keyed by input name, used instead of
             `samples` random inputs for verification.
         atol, rtol: parity tolerance; an element passes if |a-e| <= atol + rtol*|e|.
@@ -63,11 +73,15 @@ def freeze(src: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
     shapes = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
     user_feed = _read_data(data) if data is not None else None
 
-    loaded = load(src, LoadOptions(signature=signature, tags=list(tags) if tags else None))
+    loaded = load(src, LoadOptions(signature=signature, tags=list(tags) if tags else None,
+                                   inputs=list(inputs) if inputs else None,
+                                   outputs=list(outputs) if outputs else None,
+                                   freeze=dict(freeze_placeholders or {})))
     model = _fix_input_shapes(loaded.model, shapes)
     if user_feed is not None:
         _check_feed(user_feed, model.inputs)
     model, reports = run_pipeline(model, list(passes))
+    reports = loaded.passes + reports
     feeds = [user_feed] if user_feed is not None else random_feeds(model.inputs, shapes, samples)
     try:
         expected = [loaded.reference(feed) for feed in feeds]
@@ -77,7 +91,7 @@ def freeze(src: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
 
     removed = Counter({c: 0 for c in CATEGORIES})
     removed.update(loaded.removed)
-    for report in reports:
+    for report in reports[len(loaded.passes):]:  # the loader counted its own passes
         removed.update(report.removed)
 
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import re
 
 CATEGORIES = ("gradients", "optimizer", "summaries", "save_restore", "initializers",
-              "input_queues", "debug", "identity", "unreachable", "folded_constants")
+              "input_queues", "debug", "control_flow", "dead_branches", "dropout", "identity",
+              "unreachable", "folded_constants")
 
 DEBUG_OPS = frozenset({
     "Assert", "CheckNumerics", "CheckNumericsV2", "Print", "PrintV2", "StringFormat",
@@ -22,11 +23,10 @@ SAVE_RESTORE_OPS = frozenset({
     "MergeV2Checkpoints", "ShardedFilename", "ShardedFilespec"})
 IDENTITY_OPS = frozenset({"Identity", "IdentityN", "NoOp", "Snapshot", "StopGradient",
                           "PreventGradient"})
-INPUT_QUEUE_PREFIXES = ("Iterator", "QueueDequeue", "QueueEnqueue", "FIFOQueue",
-                        "RandomShuffleQueue", "PaddingFIFOQueue", "Reader")
+_INPUT_PIPELINE_OP = re.compile(r"Dataset|Iterator|Queue|Reader")
 INITIALIZER_OPS = frozenset({"VarIsInitializedOp", "IsVariableInitialized"})
-_OPTIMIZER_OP = re.compile(r"^(Resource)?(Sparse)?Apply|^Assign(Add|Sub)?$|^AssignAddVariableOp$|"
-                           r"^AssignSubVariableOp$")
+_OPTIMIZER_OP = re.compile(r"^(Resource)?(Sparse)?Apply|^Assign(Add|Sub)?$|"
+                           r"^Assign(Add|Sub)?VariableOp$")
 _OPTIMIZER_SCOPE = re.compile(r"(^|/)(optimizer|Adam\w*|SGD|Momentum|RMSProp|Adagrad\w*|"
                               r"global_step|beta[12]_power)(/|$|_\d+$)")
 
@@ -34,6 +34,11 @@ _OPTIMIZER_SCOPE = re.compile(r"(^|/)(optimizer|Adam\w*|SGD|Momentum|RMSProp|Ada
 def is_update_op(op: str) -> bool:
     """Optimizer applies and variable assignments."""
     return bool(_OPTIMIZER_OP.search(op))
+
+
+def is_input_pipeline_op(op: str) -> bool:
+    """tf.data datasets and iterators, queues and readers."""
+    return bool(_INPUT_PIPELINE_OP.search(op))
 
 
 def is_summary_op(op: str) -> bool:
@@ -53,13 +58,25 @@ def classify(node) -> str | None:
             or "/gradient_tape/" in name or op.endswith("Grad") \
             or op == "BroadcastGradientArgs":
         return "gradients"
+    if op in INITIALIZER_OPS or name.endswith("/Initializer") or "/Initializer/" in name \
+            or name == "init" or name.startswith("init_") \
+            or (is_update_op(op) and any("/Initializer/" in ref for ref in node.input)):
+        return "initializers"
     if is_update_op(op) or _OPTIMIZER_SCOPE.search(name):
         return "optimizer"
-    if op in INITIALIZER_OPS or name.endswith("/Initializer") or "/Initializer/" in name \
-            or name == "init" or name.startswith("init_"):
-        return "initializers"
-    if op.startswith(INPUT_QUEUE_PREFIXES):
+    if is_input_pipeline_op(op):
         return "input_queues"
     if op in IDENTITY_OPS:
         return "identity"
     return None
+
+
+_OPTIMIZER_VARIABLE = re.compile(
+    r"^optimizer(_weights)?[/.]|/\.OPTIMIZER_SLOT/|(^|/)(global_step|beta[12]_power)$|"
+    r"/(Adam|Adam_1|Momentum|RMSProp|RMSProp_1|Adagrad|Ftrl|Ftrl_1|Adadelta|Adadelta_1)$")
+
+
+def is_optimizer_variable(key: str) -> bool:
+    """Whether a checkpoint key or Keras weight path is optimizer state: TF2 optimizer
+    objects and slots, TF1 slot variables (`<var>/Adam`), step counters."""
+    return bool(_OPTIMIZER_VARIABLE.search(key))

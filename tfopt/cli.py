@@ -24,6 +24,13 @@ def _shape_arg(text: str) -> tuple[str, list[int]]:
                                          "image=1,224,224,3)") from None
 
 
+def value_arg(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name or not value:
+        raise argparse.ArgumentTypeError(f"'{text}' is not name=value (e.g. is_training=false)")
+    return name, value
+
+
 def freeze_parser() -> argparse.ArgumentParser:
     from tfopt import __version__
 
@@ -31,7 +38,8 @@ def freeze_parser() -> argparse.ArgumentParser:
         prog="tfopt", epilog=EPILOG,
         description="Freeze a TensorFlow model into verified ONNX, TFLite, frozen .pb and "
                     "inference SavedModel artifacts.")
-    parser.add_argument("src", help="SavedModel directory or Keras .keras/.h5 file")
+    parser.add_argument("src", help="SavedModel directory (TF2 or TF1), Keras .keras/.h5 file, "
+                        "TF1 checkpoint .meta, or GraphDef .pb/.pbtxt")
     parser.add_argument("-o", "--output", help="output directory (default: tfopt_out/<name>)")
     parser.add_argument("--to", default="onnx,tflite,pb,saved_model",
                         help="comma-separated targets (default: %(default)s)")
@@ -40,6 +48,13 @@ def freeze_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tag", help="comma-separated MetaGraph tag set (default: serve)")
     parser.add_argument("--input-shape", action="append", type=_shape_arg, default=[],
                         metavar="NAME=D1,D2,...", help="fix an input's shape (repeatable)")
+    parser.add_argument("--inputs", help="TF1 graphs: comma-separated tensors to feed, each "
+                        "name[:dtype[:d1,d2,...]] (-1: unknown dim) and replaced by a "
+                        "placeholder, e.g. IteratorGetNext:0:float32:1,8,8,1")
+    parser.add_argument("--outputs", help="TF1 graphs: comma-separated output tensors")
+    parser.add_argument("--freeze-placeholder", action="append", type=value_arg, default=[],
+                        metavar="NAME=VALUE", help="TF1 graphs: give a placeholder a constant "
+                        "value, e.g. is_training=false (repeatable)")
     parser.add_argument("--data", help=".npz of verification inputs keyed by input name")
     parser.add_argument("--samples", type=int, default=3,
                         help="random verification samples when --data is not given")
@@ -61,17 +76,21 @@ def run_freeze(argv: list[str]) -> int:
     quiet_libraries(args.debug)
     try:
         from tfopt.api import freeze
+        from tfopt.loaders.tf1 import split_specs
 
         result = freeze(args.src, args.output, targets=args.to.split(","),
                         signature=args.signature,
                         tags=args.tag.split(",") if args.tag else None,
                         input_shapes=dict(args.input_shape), data=args.data,
+                        inputs=split_specs(args.inputs) if args.inputs else None,
+                        outputs=split_specs(args.outputs) if args.outputs else None,
+                        freeze_placeholders=dict(args.freeze_placeholder),
                         samples=args.samples, atol=args.atol, rtol=args.rtol,
                         opset=args.opset, overwrite=args.overwrite)
     except TfoptError as exc:
-        return _fail(exc, args.debug, exc.exit_code, "error")
+        return fail(exc, args.debug, exc.exit_code, "error")
     except Exception as exc:  # a bug: keep the one-line contract, traceback on --debug
-        return _fail(exc, args.debug, EXIT_INTERNAL, "internal error")
+        return fail(exc, args.debug, EXIT_INTERNAL, "internal error")
     if args.json:
         print(result.to_json())
     elif not args.quiet:
@@ -85,7 +104,7 @@ def run_freeze(argv: list[str]) -> int:
     return result.exit_code
 
 
-def _fail(exc: BaseException, debug: bool, code: int, kind: str) -> int:
+def fail(exc: BaseException, debug: bool, code: int, kind: str) -> int:
     if debug:
         traceback.print_exc()
     message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -94,7 +113,13 @@ def _fail(exc: BaseException, debug: bool, code: int, kind: str) -> int:
     return code
 
 
-COMMANDS = {"freeze": run_freeze}
+def run_inspect(argv: list[str]) -> int:
+    from tfopt.inspect import main as inspect_main
+
+    return inspect_main(argv)
+
+
+COMMANDS = {"freeze": run_freeze, "inspect": run_inspect}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,6 +45,33 @@ def reachable(graph_def, roots: Iterable[str]) -> set[str]:
     return seen
 
 
+def topological_order(graph_def) -> list:
+    """Nodes with every producer before its readers (Kahn's algorithm, linear time).
+
+    Loop back edges (inputs from NextIteration) are ignored, so v1 while loops sort too.
+    """
+    nodes = {n.name: n for n in graph_def.node}
+
+    def producers(node) -> set[str]:
+        return {node_name(r) for r in node.input if node_name(r) in nodes
+                and nodes[node_name(r)].op not in ("NextIteration", "RefNextIteration")}
+
+    pending = {n.name: len(producers(n)) for n in graph_def.node}
+    readers = consumers(graph_def)
+    ready = [n for n in graph_def.node if pending[n.name] == 0]
+    order = []
+    while ready:
+        node = ready.pop()
+        order.append(node)
+        if node.op in ("NextIteration", "RefNextIteration"):
+            continue
+        for reader in {r.name: r for r in readers.get(node.name, [])}.values():
+            pending[reader.name] -= 1
+            if pending[reader.name] == 0:
+                ready.append(reader)
+    return order
+
+
 def keep_nodes(graph_def, keep: set[str]):
     """A copy of graph_def holding only the named nodes (the function library is kept)."""
     out = type(graph_def)()
@@ -124,6 +151,31 @@ def rename_node(graph_def, old: str, new: str) -> None:
         for i, ref in enumerate(node.input):
             if node_name(ref) == old:
                 node.input[i] = ref.replace(old, new, 1)
+
+
+def const_value(node):
+    """The numpy value of a Const NodeDef."""
+    import tensorflow as tf
+
+    return tf.make_ndarray(node.attr["value"].tensor)
+
+
+def set_const_value(node, value) -> None:
+    import tensorflow as tf
+
+    node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value))
+
+
+def add_const(graph_def, name: str, value):
+    """Append a Const node holding a numpy value; returns it."""
+    import tensorflow as tf
+
+    node = graph_def.node.add()
+    node.name, node.op = name, "Const"
+    tensor = tf.make_tensor_proto(value)
+    node.attr["dtype"].type = tensor.dtype
+    node.attr["value"].tensor.CopyFrom(tensor)
+    return node
 
 
 def constant_bytes(graph_def) -> int:

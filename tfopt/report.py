@@ -102,10 +102,10 @@ class FreezeResult:
             "  outputs " + ", ".join(_spec(t) for t in self.outputs),
             "  removed " + (", ".join(f"{k} {v}" for k, v in self.removed.items() if v) or "none"),
             "",
-            f"  {'pass':<14}{'nodes':>15}{'changes':>9}{'skipped':>9}{'seconds':>9}",
+            f"  {'pass':<20}{'nodes':>15}{'changes':>9}{'skipped':>9}{'seconds':>9}",
         ]
         for p in self.passes:
-            lines.append(f"  {p.name:<14}{p.nodes_before:>7} ->{p.nodes_after:>5}"
+            lines.append(f"  {p.name:<20}{p.nodes_before:>7} ->{p.nodes_after:>5}"
                          f"{len(p.changes):>9}{len(p.skipped):>9}{p.seconds:>9.2f}")
         lines += ["", f"  {'target':<12}{'status':<8}{'bytes':>10}{'nodes':>7}{'max_abs_err':>13}"
                       f"{'parity':>8}  note"]

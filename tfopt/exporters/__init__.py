@@ -1,7 +1,8 @@
 """Exporters, one per target, keyed by format name.
 
 Each module has FORMAT, FILENAME, export(model, path, options), describe(path, model) -> op
-histogram, and runner(path, model) -> a callable from a feed dict to the outputs.
+histogram, runner(path, model) -> a callable from a feed dict to the outputs, and
+unsupported_ops(model, options) -> the graph's op types the target cannot express.
 """
 from tfopt.exporters import onnx, pb, saved_model, tflite
 from tfopt.exporters.base import Exported, ExportOptions

@@ -37,6 +37,23 @@ def default_opset() -> int:
     raise RuntimeError("onnxruntime accepts no opset that tf2onnx can write")
 
 
+# handled by tf2onnx itself, not through an op handler
+_STRUCTURAL = frozenset({"Placeholder", "PlaceholderWithDefault", "Const", "Identity", "NoOp",
+                         "PartitionedCall", "StatefulPartitionedCall"})
+
+
+def unsupported_ops(model: Model, options: ExportOptions) -> list[str]:
+    """TF op types in the graph (function bodies included) that tf2onnx has no handler for
+    at the opset."""
+    import tf2onnx.onnx_opset  # noqa: F401  (registers the op handlers)
+    from tf2onnx.handler import tf_op
+
+    tf_op.create_mapping(options.opset or default_opset(), [])
+    ops = {n.op for n in model.graph_def.node}
+    ops |= {n.op for f in model.graph_def.library.function for n in f.node_def}
+    return sorted(op for op in ops - _STRUCTURAL if tf_op.find_effective_op(op) is None)
+
+
 def export(model: Model, path: Path, options: ExportOptions) -> Exported:
     import onnx
     import tf2onnx

@@ -16,6 +16,10 @@ def export(model: Model, path: Path, options: ExportOptions) -> Exported:
     return Exported()
 
 
+def unsupported_ops(model: Model, options: ExportOptions) -> list[str]:
+    return []  # TensorFlow runs every op it froze
+
+
 def describe(path: Path, model: Model) -> dict[str, int]:
     import tensorflow as tf
 

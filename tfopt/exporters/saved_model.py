@@ -17,6 +17,10 @@ def export(model: Model, path: Path, options: ExportOptions) -> Exported:
     return Exported()
 
 
+def unsupported_ops(model: Model, options: ExportOptions) -> list[str]:
+    return []  # TensorFlow runs every op it froze
+
+
 def describe(path: Path, model: Model) -> dict[str, int]:
     """Ops the signature runs; the saver plumbing every SavedModel carries is left out."""
     from collections import Counter

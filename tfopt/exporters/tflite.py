@@ -40,6 +40,19 @@ def _converter(saved_model_dir: str, signature: str, fallback: str):
     return converter
 
 
+def unsupported_ops(model: Model, options: ExportOptions) -> list[str]:
+    """TF ops the converter cannot express as TFLite builtins, found by converting."""
+    with tempfile.TemporaryDirectory(prefix="tfopt-tflite-") as workdir:
+        save_inference_model(model, workdir)
+        try:
+            with native_stderr_silenced():
+                _converter(workdir, model.signature, "none").convert()
+        except Exception as exc:  # the converter raises ConverterError and others
+            named = [op.removeprefix("tf.") for op in blocking_ops(str(exc))]
+            return named or [f"(conversion failed: {_summary(str(exc))})"]
+    return []
+
+
 def blocking_ops(message: str) -> list[str]:
     """TF op names the converter's message says it could not express."""
     return sorted(set(re.findall(r"'(tf\.\w+)' op", message)))

@@ -4,26 +4,27 @@ from __future__ import annotations
 from pathlib import Path
 
 from tfopt.errors import InputError
-from tfopt.loaders import keras_file, saved_model
+from tfopt.loaders import checkpoint, graph_def, keras_file, saved_model, saved_model_v1
 from tfopt.loaders.base import Loaded, LoadOptions, SourceInfo
 
-LOADERS = {module.FORMAT: module for module in (saved_model, keras_file)}
+LOADERS = {module.FORMAT: module
+           for module in (saved_model, saved_model_v1, keras_file, checkpoint, graph_def)}
+
+KINDS = "a SavedModel directory, a .keras/.h5 file, a checkpoint's .meta or a .pb/.pbtxt graph"
 
 __all__ = ["LOADERS", "Loaded", "LoadOptions", "SourceInfo", "detect_format", "load"]
 
 
 def detect_format(path: Path) -> str:
-    if not path.exists():
-        raise InputError(f"{path} does not exist; pass a SavedModel directory or a "
-                         ".keras/.h5 file")
+    if not path.exists() and not checkpoint.sniff(path):  # a checkpoint may be named by prefix
+        raise InputError(f"{path} does not exist; pass {KINDS}")
     for name, module in LOADERS.items():
         if module.sniff(path):
             return name
     if path.is_dir():
         raise InputError(f"{path} is a directory but not a SavedModel (no saved_model.pb); "
                          "point at the SavedModel directory itself")
-    raise InputError(f"{path} is not a model tfopt reads; pass a SavedModel directory or a "
-                     ".keras/.h5 file")
+    raise InputError(f"{path} is not a model tfopt reads; pass {KINDS}")
 
 
 def load(path: Path, options: LoadOptions) -> Loaded:

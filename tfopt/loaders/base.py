@@ -7,9 +7,9 @@ from typing import Callable
 
 import numpy as np
 
-from tfopt.categories import is_update_op
+from tfopt.categories import is_optimizer_variable, is_update_op
 from tfopt.errors import InputError, first_line
-from tfopt.graph import op_histogram, rename_node, unique_name
+from tfopt.graph import node_name, op_histogram, rename_node, unique_name
 from tfopt.model import Model, TensorSpec
 
 
@@ -17,6 +17,15 @@ from tfopt.model import Model, TensorSpec
 class LoadOptions:
     signature: str = "serving_default"
     tags: list[str] | None = None
+    inputs: list[str] | None = None  # TF1 graphs: --inputs specs, name[:dtype[:shape]]
+    outputs: list[str] | None = None  # TF1 graphs: output tensors
+    freeze: dict[str, str] = field(default_factory=dict)  # TF1: placeholder -> value
+
+    @property
+    def graph_options(self) -> list[str]:
+        """The flags that only signature-less TF1 graphs take, as given."""
+        return [flag for flag, value in (("--inputs", self.inputs), ("--outputs", self.outputs),
+                                         ("--freeze-placeholder", self.freeze)) if value]
 
 
 @dataclass
@@ -30,6 +39,7 @@ class SourceInfo:
     variable_bytes: int
     optimizer_variables: int = 0
     optimizer_variable_bytes: int = 0
+    reference: str = "the original model"  # what the artifacts are compared against
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -42,6 +52,33 @@ class Loaded:
     # runs the original model on one feed dict (signature names -> arrays)
     reference: Callable[[dict], dict]
     removed: Counter = field(default_factory=Counter)
+    passes: list = field(default_factory=list)  # PassReports of rewrites done while loading
+
+
+@dataclass
+class Description:
+    """What `tfopt inspect` reads from a source without freezing it."""
+
+    graph_def: object  # the whole graph as stored, training part included
+    signatures: dict[str, tuple[list[TensorSpec], list[TensorSpec]]]  # name -> (ins, outs)
+    variables: dict  # variable_stats()
+
+
+def spec_from_info(name: str, info) -> TensorSpec:
+    """A TensorSpec from a SignatureDef's TensorInfo."""
+    import tensorflow as tf
+
+    shape = None if info.tensor_shape.unknown_rank else tuple(
+        None if d.size < 0 else d.size for d in info.tensor_shape.dim)
+    dtype = tf.as_dtype(info.dtype)
+    return TensorSpec(name, dtype.as_numpy_dtype.__name__ if dtype.is_numpy_compatible
+                      else dtype.name, shape)
+
+
+def signature_specs(meta) -> dict[str, tuple[list[TensorSpec], list[TensorSpec]]]:
+    return {key: ([spec_from_info(k, v) for k, v in sorted(sig.inputs.items())],
+                  [spec_from_info(k, v) for k, v in sorted(sig.outputs.items())])
+            for key, sig in sorted(meta.signature_def.items()) if not key.startswith("__")}
 
 
 def spec_from_tf(name: str, tf_spec) -> TensorSpec:
@@ -85,6 +122,21 @@ def freeze_function(fn, signature: str) -> Model:
     in_names, out_names = function_io_names(fn)
     if len(in_names) != len(frozen.inputs):
         raise ValueError(f"signature has {len(in_names)} inputs, graph has {len(frozen.inputs)}")
+    out_tensors = tf.nest.flatten(frozen.structured_outputs, expand_composites=True)
+    name_signature(graph_def, [(n, t.op.name) for n, t in zip(in_names, frozen.inputs)],
+                   [(n, t.name, t.dtype.as_datatype_enum) for n, t in zip(out_names, out_tensors)])
+    return Model(graph_def, [spec_from_tf(n, t) for n, t in zip(in_names, frozen.inputs)],
+                 [spec_from_tf(n, t) for n, t in zip(out_names, out_tensors)], signature)
+
+
+def name_signature(graph_def, inputs: list[tuple[str, str]],
+                   outputs: list[tuple[str, str, int]]) -> None:
+    """Name a frozen graph's IO by the signature, in place: each input Placeholder node is
+    renamed to its signature name, and each output gets an Identity node of its name.
+
+    inputs: (signature name, Placeholder node); outputs: (signature name, tensor, dtype enum).
+    A node that already holds a signature name is moved out of the way.
+    """
     taken = {n.name for n in graph_def.node}
     renamed: dict[str, str] = {}
 
@@ -100,27 +152,20 @@ def freeze_function(fn, signature: str) -> Model:
         return name
 
     def free(name: str) -> None:
-        # move an unrelated node out of the way of a signature name
         if name in taken:
             rename(name, unique_name(name, taken))
 
-    inputs = []
-    for name, tensor in zip(in_names, frozen.inputs):
-        if current(tensor.op.name) != name:
+    for name, node in inputs:
+        if current(node) != name:
             free(name)
-            rename(current(tensor.op.name), name)
-        inputs.append(spec_from_tf(name, tensor))
-    outputs = []
-    out_tensors = tf.nest.flatten(frozen.structured_outputs, expand_composites=True)
-    for name, tensor in zip(out_names, out_tensors):
+            rename(current(node), name)
+    for name, ref, dtype in outputs:
         free(name)
         node = graph_def.node.add()
         node.name, node.op = name, "Identity"
-        node.input.append(f"{current(tensor.op.name)}:{tensor.value_index}")
-        node.attr["T"].type = tensor.dtype.as_datatype_enum
+        node.input.append(current(node_name(ref)) + ref[len(node_name(ref)):])
+        node.attr["T"].type = dtype
         taken.add(name)
-        outputs.append(spec_from_tf(name, tensor))
-    return Model(graph_def, inputs, outputs, signature)
 
 
 def call_signature(fn, feed: dict) -> dict[str, np.ndarray]:
@@ -142,3 +187,25 @@ def graph_stats(graph_def) -> tuple[int, dict[str, int]]:
     for fdef in graph_def.library.function:
         hist.update(n.op for n in fdef.node_def)
     return sum(hist.values()), dict(sorted(hist.items()))
+
+
+def variable_stats(prefix: str | None) -> dict:
+    """Counts and bytes of a checkpoint's variables (all, and the optimizer's among them)."""
+    import tensorflow as tf
+
+    stats = dict(variables=0, variable_bytes=0, optimizer_variables=0,
+                 optimizer_variable_bytes=0)
+    if prefix is None:
+        return stats
+    reader = tf.train.load_checkpoint(prefix)
+    dtypes = reader.get_variable_to_dtype_map()
+    for key, shape in reader.get_variable_to_shape_map().items():
+        if key == "_CHECKPOINTABLE_OBJECT_GRAPH":
+            continue
+        size = int(np.prod(shape)) * dtypes[key].size
+        stats["variables"] += 1
+        stats["variable_bytes"] += size
+        if is_optimizer_variable(key):
+            stats["optimizer_variables"] += 1
+            stats["optimizer_variable_bytes"] += size
+    return stats

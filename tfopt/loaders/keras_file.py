@@ -5,8 +5,9 @@ import zipfile
 from collections import Counter
 from pathlib import Path
 
-from tfopt.errors import InputError, first_line
-from tfopt.loaders.base import (Loaded, LoadOptions, SourceInfo, call_signature,
+from tfopt.categories import is_optimizer_variable
+from tfopt.errors import InputError, UsageError, first_line
+from tfopt.loaders.base import (Description, Loaded, LoadOptions, SourceInfo, call_signature,
                                 freeze_function, graph_stats)
 
 FORMAT = "keras"
@@ -38,14 +39,13 @@ def stored_weights(path: Path) -> list[tuple[str, int]]:
     return found
 
 
-def is_optimizer_weight(name: str) -> bool:
-    return name.startswith(("optimizer", "optimizer_weights"))
-
-
 def load(path: Path, options: LoadOptions) -> Loaded:
     import keras
     import tensorflow as tf
 
+    if options.graph_options:
+        raise UsageError(f"{' and '.join(options.graph_options)} apply to TF1 graphs; {path} is "
+                         "a Keras file, whose inputs and outputs are the model's")
     if options.signature != SIGNATURE:
         raise InputError(f"signature '{options.signature}' not found in {path}; a Keras file has "
                          f"one signature: {SIGNATURE}")
@@ -72,8 +72,9 @@ def load(path: Path, options: LoadOptions) -> Loaded:
     fn = serve.get_concrete_function()
     frozen = freeze_function(fn, SIGNATURE)
     frozen.meta["keepalive"] = model
+    frozen.meta["traced_graph"] = fn.graph.as_graph_def()
     nodes, ops = graph_stats(fn.graph.as_graph_def())
-    optimizer = [(n, b) for n, b in weights if is_optimizer_weight(n)]
+    optimizer = [(n, b) for n, b in weights if is_optimizer_variable(n)]
     source = SourceInfo(
         path=str(path), format=FORMAT, signature=SIGNATURE, nodes=nodes, ops=ops,
         variables=len(weights), variable_bytes=sum(b for _, b in weights),
@@ -81,3 +82,14 @@ def load(path: Path, options: LoadOptions) -> Loaded:
         optimizer_variable_bytes=sum(b for _, b in optimizer))
     removed = Counter(optimizer=len(optimizer)) if optimizer else Counter()
     return Loaded(frozen, source, lambda feed: call_signature(fn, feed), removed)
+
+
+def describe(path: Path, options: LoadOptions) -> Description:
+    """Keras files store no graph: the traced serving function stands for it."""
+    loaded = load(path, options)
+    fn_graph = loaded.model.meta["traced_graph"]
+    src = loaded.source
+    return Description(fn_graph, {SIGNATURE: (loaded.model.inputs, loaded.model.outputs)},
+                       {k: getattr(src, k) for k in ("variables", "variable_bytes",
+                                                     "optimizer_variables",
+                                                     "optimizer_variable_bytes")})

@@ -1,24 +1,48 @@
 """Loader for TF2 SavedModels (tf.saved_model.save, keras Model.export, tf.Module)."""
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from pathlib import Path
 
 from tfopt.categories import SAVE_RESTORE_OPS
-from tfopt.errors import InputError, first_line
+from tfopt.errors import InputError, UsageError, first_line
 from tfopt.graph import node_name
 from tfopt.loaders.base import (Loaded, LoadOptions, SourceInfo, call_signature,
-                                freeze_function, graph_stats)
+                                Description, freeze_function, graph_stats,
+                                signature_specs, variable_stats)
 
 FORMAT = "saved_model"
 
 
-def sniff(path: Path) -> bool:
+def is_saved_model(path: Path) -> bool:
     return path.is_dir() and any((path / f).is_file()
                                  for f in ("saved_model.pb", "saved_model.pbtxt"))
 
 
+def is_tf1(proto) -> bool:
+    """Written by TF1's SavedModelBuilder: no object graph, so tf.saved_model.load would only
+    wrap its signatures and keep the training graph's control flow."""
+    return not any(m.object_graph_def.nodes for m in proto.meta_graphs)
+
+
+def sniff(path: Path) -> bool:
+    return is_saved_model(path) and not is_tf1(read_proto(path))
+
+
+@functools.lru_cache(maxsize=4)
+def _parse(path: Path, mtime_ns: int):
+    return _read_proto(path)
+
+
 def read_proto(path: Path):
+    """The SavedModel proto, parsed once per file version (sniffing and loading share it)."""
+    file = path / "saved_model.pb"
+    file = file if file.is_file() else path / "saved_model.pbtxt"
+    return _parse(path, file.stat().st_mtime_ns)
+
+
+def _read_proto(path: Path):
     from google.protobuf import message, text_format
     from tensorflow.core.protobuf import saved_model_pb2
 
@@ -58,8 +82,8 @@ def check_signature(meta, signature: str, path: Path) -> None:
                          f"{', '.join(sorted(names)) or 'none'} (pass one with --signature)")
 
 
-def read_variables(path: Path, meta) -> list[tuple[str, str, list[int]]]:
-    """(checkpoint key, dtype, shape) of every saved variable."""
+def variables_prefix(path: Path, meta) -> str | None:
+    """The checkpoint prefix of the SavedModel's variables; None when it has none."""
     import tensorflow as tf
 
     prefix = path / "variables" / "variables"
@@ -69,27 +93,13 @@ def read_variables(path: Path, meta) -> list[tuple[str, str, list[int]]]:
         if needs_variables:
             raise InputError(f"{path} is missing variables/variables.index; copy the whole "
                              "SavedModel directory, variables/ included")
-        return []
+        return None
     try:
-        reader = tf.train.load_checkpoint(str(prefix))
-        dtypes, shapes = reader.get_variable_to_dtype_map(), reader.get_variable_to_shape_map()
+        tf.train.load_checkpoint(str(prefix))
     except Exception as exc:  # TF raises DataLossError, NotFoundError or others here
         raise InputError(f"variables/ in {path} is corrupt ({first_line(exc)}); re-export "
                          "the SavedModel") from exc
-    return [(k, dtypes[k].name, shapes[k]) for k in sorted(dtypes)
-            if k != "_CHECKPOINTABLE_OBJECT_GRAPH"]
-
-
-def is_optimizer_variable(key: str) -> bool:
-    return key.startswith("optimizer/") or "/.OPTIMIZER_SLOT/" in key
-
-
-def variable_bytes(dtype: str, shape) -> int:
-    import numpy as np
-    import tensorflow as tf
-
-    count = int(np.prod(shape)) if shape else 1
-    return count * tf.dtypes.as_dtype(dtype).size
+    return str(prefix)
 
 
 def signature_closure(meta, signature: str) -> tuple[set[str], set[str]]:
@@ -137,10 +147,13 @@ def removed_outside_signature(meta, signature: str) -> Counter:
 def load(path: Path, options: LoadOptions) -> Loaded:
     import tensorflow as tf
 
+    if options.graph_options:
+        raise UsageError(f"{' and '.join(options.graph_options)} apply to TF1 graphs; {path} is "
+                         "a TF2 SavedModel, so choose what to export with --signature")
     proto = read_proto(path)
     meta = pick_meta_graph(proto, options.tags, path)
     check_signature(meta, options.signature, path)
-    variables = read_variables(path, meta)
+    stats = variable_stats(variables_prefix(path, meta))
     tags = list(meta.meta_info_def.tags)
     try:
         obj = tf.saved_model.load(str(path), tags=tags)
@@ -151,14 +164,15 @@ def load(path: Path, options: LoadOptions) -> Loaded:
     model.meta["keepalive"] = obj  # the reference function needs its variables alive
 
     nodes, ops = graph_stats(meta.graph_def)
-    optimizer = [(k, d, s) for k, d, s in variables if is_optimizer_variable(k)]
-    source = SourceInfo(
-        path=str(path), format=FORMAT, signature=options.signature, nodes=nodes, ops=ops,
-        variables=len(variables),
-        variable_bytes=sum(variable_bytes(d, s) for _, d, s in variables),
-        optimizer_variables=len(optimizer),
-        optimizer_variable_bytes=sum(variable_bytes(d, s) for _, d, s in optimizer))
+    source = SourceInfo(path=str(path), format=FORMAT, signature=options.signature, nodes=nodes,
+                        ops=ops, **stats)
     removed = removed_outside_signature(meta, options.signature)
-    removed["optimizer"] += len(optimizer)
+    removed["optimizer"] += stats["optimizer_variables"]
     return Loaded(model, source, lambda feed: call_signature(fn, feed), removed)
 
+
+
+def describe(path: Path, options: LoadOptions) -> Description:
+    meta = pick_meta_graph(read_proto(path), options.tags, path)
+    return Description(meta.graph_def, signature_specs(meta),
+                       variable_stats(variables_prefix(path, meta)))

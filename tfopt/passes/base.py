@@ -8,7 +8,9 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Mapping
+
+import numpy as np
 
 from tfopt.model import Model
 
@@ -17,6 +19,7 @@ from tfopt.model import Model
 class PassContext:
     inputs: tuple[str, ...]  # node names the pipeline must keep as they are
     outputs: tuple[str, ...]
+    values: Mapping[str, np.ndarray] = field(default_factory=dict)  # placeholders to freeze
 
     @property
     def protected(self) -> frozenset[str]:
@@ -63,8 +66,10 @@ def register(name: str) -> Callable[[PassFn], PassFn]:
     return add
 
 
-def run_pipeline(model: Model, names: list[str]) -> tuple[Model, list[PassReport]]:
-    ctx = PassContext(tuple(t.name for t in model.inputs), tuple(t.name for t in model.outputs))
+def run_pipeline(model: Model, names: list[str], values: Mapping[str, np.ndarray] | None = None
+                 ) -> tuple[Model, list[PassReport]]:
+    ctx = PassContext(tuple(t.name for t in model.inputs), tuple(t.name for t in model.outputs),
+                      dict(values or {}))
     reports = []
     graph_def = model.graph_def
     for name in names:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfopt.graph import consumers, keep_nodes, node_name, reachable, unique_name
+from tfopt.graph import (const_value, consumers, keep_nodes, node_name, reachable, set_const_value,
+                         topological_order, unique_name)
 from tfopt.passes.base import PassContext, PassLog, register
 from tfopt.passes.pattern import CONST, OpTypePattern, data_inputs, match
 
@@ -31,18 +32,6 @@ PATTERNS = (OpTypePattern(STEP, [_BIASED, CONST], name="step"),
             OpTypePattern(STEP, [_LINEAR, CONST], name="step"),
             OpTypePattern("Sub", [CONST, _LINEAR], name="step"),
             OpTypePattern(NORM, [_LINEAR], name="step"))
-
-
-def _array(node) -> np.ndarray:
-    import tensorflow as tf
-
-    return tf.make_ndarray(node.attr["value"].tensor)
-
-
-def _set_array(node, value: np.ndarray) -> None:
-    import tensorflow as tf
-
-    node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value))
 
 
 def _channel_layout(linear):
@@ -75,7 +64,7 @@ def _norm_scale_shift(step, nodes) -> tuple[np.ndarray, np.ndarray] | str:
         return "batch-norm parameters are not constant"
     if step.attr["is_training"].b:
         return "batch norm is in training mode"
-    gamma, beta, mean, var = (_array(p).astype(np.float64) for p in params[:4])
+    gamma, beta, mean, var = (const_value(p).astype(np.float64) for p in params[:4])
     eps = step.attr["epsilon"].f
     scale = gamma / np.sqrt(var + eps)
     return scale, beta - mean * scale
@@ -87,7 +76,7 @@ def fold_scale_shift(graph_def, ctx: PassContext, log: PassLog):
     out.CopyFrom(graph_def)
     nodes = {n.name: n for n in out.node}
     readers = consumers(out)
-    for step in _topological(out):
+    for step in topological_order(out):
         found = next((m for m in (match(p, step, nodes) for p in PATTERNS) if m), None)
         if found:
             reason = _fold(found, nodes, readers, ctx, out, log)
@@ -113,14 +102,14 @@ def _fold(found, nodes, readers, ctx, graph_def, log) -> str | None:
         if len(readers.get(node.name, [])) != 1:
             return f"{node.name} has more than one consumer"
     rank, act_axis, w_axis = _channel_layout(linear)
-    kernel = _array(weights)
+    kernel = const_value(weights)
     channels = kernel.shape[w_axis] if linear.op != "DepthwiseConv2dNative" else \
         kernel.shape[2] * kernel.shape[3]
     old_bias = np.zeros(channels)
     if bias is not None:
         bias_const = nodes[node_name(next(r for r in data_inputs(bias) if
                                           nodes[node_name(r)].op == "Const"))]
-        vector = _per_channel(_array(bias_const), rank, act_axis, channels)
+        vector = _per_channel(const_value(bias_const), rank, act_axis, channels)
         if vector is None:
             return f"bias of {bias.name} is not per-channel"
         old_bias = vector
@@ -137,7 +126,7 @@ def _fold(found, nodes, readers, ctx, graph_def, log) -> str | None:
     else:
         refs = data_inputs(step)
         const_pos = 1 if nodes[node_name(refs[1])].op == "Const" else 0
-        value = _per_channel(_array(nodes[node_name(refs[const_pos])]), rank, act_axis, channels)
+        value = _per_channel(const_value(nodes[node_name(refs[const_pos])]), rank, act_axis, channels)
         if value is None:
             return "constant is not per-channel (shape mismatch)"
         scale, shift = np.ones(channels), np.zeros(channels)
@@ -159,12 +148,12 @@ def _fold(found, nodes, readers, ctx, graph_def, log) -> str | None:
     weights_copy = graph_def.node.add()
     weights_copy.CopyFrom(weights)
     weights_copy.name = unique_name(f"{step.name}/folded_weights", nodes)
-    _set_array(weights_copy, new_kernel.astype(dtype))
+    set_const_value(weights_copy, new_kernel.astype(dtype))
     nodes[weights_copy.name] = weights_copy
     bias_node = graph_def.node.add()
     bias_node.CopyFrom(weights)
     bias_node.name = unique_name(f"{step.name}/folded_bias", nodes)
-    _set_array(bias_node, new_bias.astype(dtype))
+    set_const_value(bias_node, new_bias.astype(dtype))
     nodes[bias_node.name] = bias_node
     refs = list(linear.input)
     refs[1] = weights_copy.name
@@ -189,21 +178,3 @@ def _scale_kernel(kernel: np.ndarray, scale: np.ndarray, op: str, axis: int) -> 
     shape = [1] * kernel.ndim
     shape[axis] = -1
     return kernel * scale.reshape(shape)
-
-
-def _topological(graph_def) -> list:
-    """Nodes with every producer before its readers (Kahn's algorithm, linear time)."""
-    nodes = {n.name: n for n in graph_def.node}
-    pending = {n.name: len({node_name(r) for r in n.input if node_name(r) in nodes})
-               for n in graph_def.node}
-    readers = consumers(graph_def)
-    ready = [n for n in graph_def.node if pending[n.name] == 0]
-    order = []
-    while ready:
-        node = ready.pop()
-        order.append(node)
-        for reader in {r.name: r for r in readers.get(node.name, [])}.values():
-            pending[reader.name] -= 1
-            if pending[reader.name] == 0:
-                ready.append(reader)
-    return order

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import Counter
 
 from tfopt.categories import IDENTITY_OPS
-from tfopt.graph import op_histogram
+from tfopt.graph import op_histogram, rename_node, unique_name
 from tfopt.passes.base import PassContext, PassLog, register
 
 # no "arithmetic": its AddOpsRewrite merges batch-norm shifts into residual AddN nodes,
@@ -35,8 +35,33 @@ def optimize(graph_def, fetch: list[str], optimizers: list[str]):
     return tf_optimizer.OptimizeGraph(config, meta_graph)
 
 
+CALLS = frozenset({"PartitionedCall", "StatefulPartitionedCall"})
+
+
+def isolate_calls(graph_def, protected: frozenset[str]):
+    """Rename function calls whose name prefixes other nodes' names.
+
+    The inliner names a body node `<call>/<node>`; a clash with an existing name aborts the
+    process (a CHECK failure in GraphView), as tf.cond v2's `cond/Identity` outputs cause.
+    """
+    names = {n.name for n in graph_def.node}
+    prefixes = {name.rsplit("/", i)[0] for name in names for i in range(1, name.count("/") + 1)}
+    clashing = [n.name for n in graph_def.node if n.op in CALLS and n.name in prefixes
+                and n.name not in protected]
+    if not clashing:
+        return graph_def
+    out = type(graph_def)()
+    out.CopyFrom(graph_def)
+    for name in clashing:
+        new = unique_name(f"{name}_call", names | prefixes)
+        rename_node(out, name, new)
+        names.add(new)
+    return out
+
+
 @register("grappler")
 def grappler(graph_def, ctx: PassContext, log: PassLog):
+    graph_def = isolate_calls(graph_def, ctx.protected)
     out = optimize(graph_def, list(ctx.inputs + ctx.outputs), OPTIMIZERS)
     before, after = Counter(op_histogram(graph_def)), Counter(op_histogram(out))
     for op, count in sorted((before - after).items()):

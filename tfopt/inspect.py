@@ -1,0 +1,168 @@
+"""`tfopt inspect SRC` (also `python -m tfopt.inspect`): what a model holds, without writing.
+
+It answers "what are my input and output names", which training-only ops and optimizer
+state the source carries, and which ops each target cannot express.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+from tfopt.cli import fail, value_arg
+from tfopt.errors import EXIT_INTERNAL, TfoptError
+
+EPILOG = "exit codes: 0 success; 1 internal error; 2 usage error or unreadable input"
+
+
+def inspect(src, *, signature: str = "serving_default", tags=None, inputs=None,
+            outputs=None, freeze_placeholders=None, opset: int | None = None) -> dict:
+    """A JSON-ready description of a model in any input format tfopt reads."""
+    from tfopt.categories import CATEGORIES, classify
+    from tfopt.exporters import EXPORTERS, ExportOptions
+    from tfopt.loaders import LOADERS, LoadOptions, detect_format, load
+    from tfopt.loaders.base import graph_stats
+    from tfopt.loaders.tf1 import candidate_outputs, cut_hint, input_sources
+    from tfopt.passes import DEFAULT_PIPELINE, run_pipeline
+
+    path = Path(src)
+    fmt = detect_format(path)
+    options = LoadOptions(signature=signature, tags=list(tags) if tags else None,
+                          inputs=list(inputs) if inputs else None,
+                          outputs=list(outputs) if outputs else None,
+                          freeze=dict(freeze_placeholders or {}))
+    described = LOADERS[fmt].describe(path, options)
+    graph_def = described.graph_def
+    nodes, ops = graph_stats(graph_def)
+    every_node = list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
+    training = Counter(c for c in (classify(n) for n in every_node) if c in CATEGORIES
+                       and c not in ("identity", "unreachable", "folded_constants"))
+    report = {
+        "path": str(path), "format": fmt, "nodes": nodes, "ops": ops,
+        "signatures": {name: {"inputs": [t.to_dict() for t in ins],
+                              "outputs": [t.to_dict() for t in outs]}
+                       for name, (ins, outs) in described.signatures.items()},
+        "candidates": None, "training_ops": dict(sorted(training.items())),
+        "variables": described.variables, "unsupported_ops": None, "note": None,
+    }
+    if not described.signatures:
+        found = candidate_outputs(graph_def)
+        placeholders, readers = input_sources(graph_def, found)
+        report["candidates"] = {
+            "outputs": found,
+            "inputs": [{"name": p.name, "dtype": _dtype(p), "shape": _shape(p)}
+                       for p in placeholders],
+            "iterators": [_reader_hint(graph_def, r, cut_hint) for r in readers]}
+    try:
+        model, _ = run_pipeline(load(path, options).model, DEFAULT_PIPELINE)
+    except TfoptError as exc:  # e.g. outputs still to be chosen: the rest stands
+        report["note"] = f"not frozen, so no target check: {exc}"
+        return report
+    export = ExportOptions(opset=opset)
+    report["unsupported_ops"] = {fmt: module.unsupported_ops(model, export)
+                                 for fmt, module in EXPORTERS.items()}
+    return report
+
+
+def _dtype(node) -> str:
+    import tensorflow as tf
+
+    return tf.as_dtype(node.attr["dtype"].type).name
+
+
+def _shape(node):
+    shape = node.attr["shape"].shape
+    return None if shape.unknown_rank else [None if d.size < 0 else d.size for d in shape.dim]
+
+
+def _reader_hint(graph_def, reader, cut_hint) -> dict:
+    import tensorflow as tf
+
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.import_graph_def(graph_def, name="")
+    return {"node": reader.name, "op": reader.op, "use": f"--inputs {cut_hint(graph, reader)}"}
+
+
+def text(report: dict) -> str:
+    """The human-readable form of an inspect report."""
+    lines = [f"{report['path']} ({report['format']}): {report['nodes']} nodes"]
+
+    def spec(t: dict) -> str:
+        shape = "?" if t["shape"] is None else "[" + ",".join(
+            "?" if d is None else str(d) for d in t["shape"]) + "]"
+        return f"{t['name']} {t['dtype']}{shape}"
+
+    for name, sig in report["signatures"].items():
+        lines.append(f"signature {name}")
+        lines.append("  inputs  " + (", ".join(spec(t) for t in sig["inputs"]) or "none"))
+        lines.append("  outputs " + (", ".join(spec(t) for t in sig["outputs"]) or "none"))
+    candidates = report["candidates"]
+    if candidates is not None:
+        lines.append("no signature; candidates:")
+        lines.append("  inputs  " + (", ".join(spec(t) for t in candidates["inputs"])
+                                     or "none (placeholders)"))
+        for reader in candidates["iterators"]:
+            lines.append(f"  input from {reader['node']} ({reader['op']}): {reader['use']}")
+        lines.append("  outputs " + (", ".join(candidates["outputs"]) or "none found"))
+    v = report["variables"]
+    lines.append(f"variables {v['variables']} ({v['variable_bytes']} bytes), of which optimizer "
+                 f"state {v['optimizer_variables']} ({v['optimizer_variable_bytes']} bytes)")
+    lines.append("training-only and debug ops: " + (", ".join(
+        f"{k} {n}" for k, n in report["training_ops"].items()) or "none"))
+    top = sorted(report["ops"].items(), key=lambda kv: -kv[1])
+    lines.append("ops: " + ", ".join(f"{op} {n}" for op, n in top))
+    if report["unsupported_ops"] is not None:
+        for fmt, ops in report["unsupported_ops"].items():
+            lines.append(f"{fmt}: " + (f"cannot express {', '.join(ops)}" if ops
+                                       else "every op supported"))
+    if report["note"]:
+        lines.append(report["note"])
+    return "\n".join(lines)
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tfopt inspect", epilog=EPILOG,
+        description="Show a model's signatures (or candidate inputs and outputs), op "
+                    "histogram, training-only ops, variables and unsupported ops per target.")
+    parser.add_argument("src", help="any model tfopt reads")
+    parser.add_argument("--signature", default="serving_default",
+                        help="signature whose frozen graph is checked against the targets")
+    parser.add_argument("--tag", help="comma-separated MetaGraph tag set")
+    parser.add_argument("--inputs", help="TF1 graphs: as for tfopt freeze")
+    parser.add_argument("--outputs", help="TF1 graphs: as for tfopt freeze")
+    parser.add_argument("--freeze-placeholder", action="append", default=[], type=value_arg,
+                        metavar="NAME=VALUE", help="TF1 graphs: as for tfopt freeze")
+    parser.add_argument("--opset", type=int, help="ONNX opset to check against")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--debug", action="store_true", help="show library logs and tracebacks")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tfopt.logs import quiet_libraries
+
+    args = parser().parse_args(argv)
+    quiet_libraries(args.debug)
+    try:
+        from tfopt.loaders.tf1 import split_specs
+
+        report = inspect(args.src, signature=args.signature,
+                         tags=args.tag.split(",") if args.tag else None,
+                         inputs=split_specs(args.inputs) if args.inputs else None,
+                         outputs=split_specs(args.outputs) if args.outputs else None,
+                         freeze_placeholders=dict(args.freeze_placeholder),
+                         opset=args.opset)
+    except TfoptError as exc:
+        return fail(exc, args.debug, exc.exit_code, "error")
+    except Exception as exc:  # a bug: keep the one-line contract, traceback on --debug
+        return fail(exc, args.debug, EXIT_INTERNAL, "internal error")
+    print(json.dumps(report, indent=2, default=str) if args.json else text(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
