@@ -114,6 +114,18 @@ def test_lstm_gru_converts_or_reports_tflite(freeze_once):
     assert tflite.attempts[0]["fallback"] == "none"
 
 
+def test_onnx_post_optimization_folds_pads_into_convs(freeze_once, mobilenet_v2):
+    result = freeze_once("mobilenet_v2", mobilenet_v2)
+    onnx_artifact = result.artifact("onnx")
+    steps = {s["step"]: s for s in onnx_artifact.steps}
+    assert set(steps) == {"tf2onnx", "onnxoptimizer", "onnxslim"}
+    assert all("error" not in s for s in steps.values()), steps
+    assert "Pad" in result.frozen.ops  # ZeroPadding2D: the TF graph keeps it ...
+    assert "Pad" not in onnx_artifact.ops  # ... the ONNX Conv takes it as its pads
+    assert steps["onnxslim"]["nodes"] == onnx_artifact.nodes < steps["tf2onnx"]["nodes"]
+    assert onnx_artifact.parity.passed
+
+
 def test_mobilenet_v2_keras_file_converts(freeze_once, mobilenet_v2):
     result = freeze_once("mobilenet_v2", mobilenet_v2)
     assert_all_targets_match(result)
@@ -199,3 +211,34 @@ def test_user_data_is_used_for_verification(tmp_path, freeze_once):
                           targets=["onnx"])
     assert result.artifact("onnx").parity.samples == 1
     assert result.exit_code == 0
+
+
+def test_a_failing_onnx_post_optimizer_is_skipped_and_reported(monkeypatch):
+    import onnx
+    from onnx import helper
+
+    from tfopt.exporters import onnx as onnx_exporter
+
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])
+    nodes = [helper.make_node("Identity", ["x"], ["t"]), helper.make_node("Relu", ["t"], ["y"])]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+
+    def broken(proto):
+        raise RuntimeError("optimizer bug")
+
+    def invalid(proto):  # drops the node that produces the output: the checker refuses it
+        out = onnx.ModelProto()
+        out.CopyFrom(proto)
+        del out.graph.node[1]
+        return out
+
+    monkeypatch.setattr(onnx_exporter, "POST_OPTIMIZERS", (
+        ("broken", broken), ("invalid", invalid),
+        ("onnxoptimizer", onnx_exporter._onnxoptimizer)))
+    optimized, steps = onnx_exporter.post_optimize(model)
+    assert steps[1] == {"step": "broken", "error": "optimizer bug"}
+    assert steps[2]["step"] == "invalid" and "error" in steps[2]
+    assert steps[3] == {"step": "onnxoptimizer", "nodes": 1}  # the Identity is gone
+    assert [n.op_type for n in optimized.graph.node] == ["Relu"]

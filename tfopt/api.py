@@ -193,7 +193,7 @@ def _export(fmt, model, staging, out, options, feeds, expected, atol, rtol) -> A
                               blocking_ops=details.get("blocking_ops", []))
     report = ArtifactReport(format=fmt, status="ok", path=str(out / exporter.FILENAME),
                             precision=exported.precision, fallback=exported.fallback,
-                            attempts=exported.attempts,
+                            attempts=exported.attempts, steps=exported.steps,
                             seconds=round(time.perf_counter() - start, 2))
     report.bytes = _bytes(path)
     report.ops = exporter.describe(path, model)

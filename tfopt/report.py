@@ -37,6 +37,7 @@ class ArtifactReport:
     error: str | None = None
     attempts: list[dict] = field(default_factory=list)
     blocking_ops: list[str] = field(default_factory=list)
+    steps: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         out = dict(self.__dict__)

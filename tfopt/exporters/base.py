@@ -20,6 +20,7 @@ class Exported:
     precision: str = "fp32"
     fallback: str | None = None  # the converter fallback that succeeded, if any
     attempts: list[dict] = field(default_factory=list)  # every try, with its error
+    steps: list[dict] = field(default_factory=list)  # post-optimizations, nodes after each
 
 
 def serving_function(model: Model):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tfopt.errors import ConversionError, first_line
 from tfopt.exporters.base import Exported, ExportOptions
+from tfopt.logs import native_stderr_silenced
 from tfopt.model import Model
 
 FORMAT = "onnx"
@@ -75,8 +76,51 @@ def export(model: Model, path: Path, options: ExportOptions) -> Exported:
         hint = f"; ops with no ONNX equivalent: {', '.join(unknown)}" if unknown else ""
         raise ConversionError(f"tf2onnx wrote an invalid ONNX model{hint}: {first_line(exc)}",
                               details={"blocking_ops": unknown}) from exc
+    proto, steps = post_optimize(proto)
     onnx.save(proto, str(path))
-    return Exported()
+    return Exported(steps=steps)
+
+
+def _onnxoptimizer(proto):
+    import onnxoptimizer
+
+    return onnxoptimizer.optimize(proto, onnxoptimizer.get_fuse_and_elimination_passes())
+
+
+def _onnxslim(proto):
+    import onnxslim
+
+    return onnxslim.slim(proto)
+
+
+# measured on MobileNetV2/ResNet50/EfficientNetB0 (tf2onnx -> nodes): onnxoptimizer folds
+# every Pad into its Conv (107->103, 126->125, 297->293), onnxslim misses ResNet50's but
+# folds EfficientNet's squeeze-excite Reshapes (297->275); in this order both gains add up
+POST_OPTIMIZERS = (("onnxoptimizer", _onnxoptimizer), ("onnxslim", _onnxslim))
+
+
+def post_optimize(proto):
+    """Run the maintained ONNX optimizers in turn; a step whose result fails the full
+    onnx.checker (shape inference included) is skipped and reported, never fatal."""
+    import contextlib
+    import io
+
+    import onnx
+
+    steps = [{"step": "tf2onnx", "nodes": len(proto.graph.node)}]
+    for name, optimize in POST_OPTIMIZERS:
+        source = onnx.ModelProto()
+        source.CopyFrom(proto)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), native_stderr_silenced():
+                candidate = optimize(source)
+            onnx.checker.check_model(candidate, full_check=True)
+        except Exception as exc:  # the optimizers raise anything; keep the last good model
+            steps.append({"step": name, "error": first_line(exc)})
+            continue
+        proto = candidate
+        steps.append({"step": name, "nodes": len(proto.graph.node)})
+    return proto, steps
 
 
 def describe(path: Path, model: Model) -> dict[str, int]:
