@@ -5,7 +5,7 @@ import re
 
 CATEGORIES = ("gradients", "optimizer", "summaries", "save_restore", "initializers",
               "input_queues", "debug", "control_flow", "dead_branches", "dropout", "identity",
-              "unreachable", "folded_constants")
+              "unreachable", "folded_constants", "duplicates")
 
 DEBUG_OPS = frozenset({
     "Assert", "CheckNumerics", "CheckNumericsV2", "Print", "PrintV2", "StringFormat",

@@ -1,10 +1,11 @@
 """Graph passes, registered by name; a pipeline is a list of names."""
-from tfopt.passes import (fold_control_flow, fold_scale_shift,  # noqa: F401 (registers them)
-                          freeze_placeholders, grappler, prune, remove_dropout, strip_training,
-                          training_batch_norm)
+from tfopt.passes import (dedupe, fold_control_flow, fold_pad,  # noqa: F401 (registers them)
+                          fold_scale_shift, freeze_placeholders, grappler, prune, remove_dropout,
+                          strip_training, training_batch_norm)
 from tfopt.passes.base import REGISTRY, PassContext, PassLog, PassReport, register, run_pipeline
 
-DEFAULT_PIPELINE = ["strip_training", "prune", "fold_control_flow", "grappler", "fold_scale_shift"]
+DEFAULT_PIPELINE = ["strip_training", "prune", "fold_control_flow", "grappler", "fold_scale_shift",
+                    "fold_pad", "dedupe"]
 # run by the TF1 loaders on the whole graph before variables are frozen: the training-mode
 # rewrite needs the moving-average updates, which the signature's outputs do not reach;
 # the loader's reference then runs the rewritten graph if a rewrite changed its meaning

@@ -1,0 +1,92 @@
+"""fold_pad and dedupe alone, on tiny hand-built graphs, with parity."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from test_passes import build, run_graph
+from tfopt.passes import REGISTRY, PassContext, PassLog
+from tfopt.passes.fold_pad import same_pads
+
+RNG = np.random.default_rng(0)
+X = RNG.standard_normal((1, 10, 10, 3)).astype(np.float32)
+
+
+def run_pass(name, graph_def):
+    log = PassLog()
+    return REGISTRY[name](graph_def, PassContext(("x",), ("y",)), log), log
+
+
+def padded_conv(pads, stride=2, depthwise=False, pad_value=None, extra_reader=False):
+    kernel = RNG.standard_normal((3, 3, 3, 1 if depthwise else 4)).astype(np.float32)
+
+    def graph():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 10, 10, 3], name="x")
+        padded = tf.pad(x, pads) if pad_value is None else \
+            tf.pad(x, pads, constant_values=pad_value)
+        if depthwise:
+            y = tf.nn.depthwise_conv2d(padded, kernel, [1, stride, stride, 1], "VALID")
+        else:
+            y = tf.nn.conv2d(padded, kernel, stride, "VALID")
+        if extra_reader:
+            y = tf.reduce_sum(y) + tf.reduce_sum(padded)
+        tf.identity(y, name="y")
+    return build(graph)
+
+
+@pytest.mark.parametrize("depthwise", [False, True])
+@pytest.mark.parametrize("pads, padding", [
+    ([[0, 0], [0, 1], [0, 1], [0, 0]], "SAME"),  # Keras ZeroPadding2D before a stride-2 conv
+    ([[0, 0], [3, 1], [2, 2], [0, 0]], "EXPLICIT"),
+])
+def test_zero_pad_folds_into_the_conv(depthwise, pads, padding):
+    before = padded_conv(pads, depthwise=depthwise)
+    after, log = run_pass("fold_pad", before)
+    assert not {"Pad", "PadV2"} & {n.op for n in after.node}
+    assert [c["padding"] for c in log.changes] == [padding]
+    np.testing.assert_allclose(run_graph(after, {"x:0": X}, "y:0"),
+                               run_graph(before, {"x:0": X}, "y:0"), atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs, reason", [
+    (dict(pad_value=1.0), "non-zero value"),
+    (dict(extra_reader=True), "another consumer"),
+])
+def test_pad_that_cannot_fold_is_skipped_with_its_reason(kwargs, reason):
+    before = padded_conv([[0, 0], [1, 1], [1, 1], [0, 0]], **kwargs)
+    after, log = run_pass("fold_pad", before)
+    assert after is before and reason in log.skipped[0]["reason"]
+
+
+def test_same_pads_match_tensorflow():
+    assert same_pads(96, 3, 2, 1) == (0, 1)
+    assert same_pads(64, 7, 2, 1) == (2, 3)
+    assert same_pads(10, 3, 1, 2) == (2, 2)
+
+
+def test_dedupe_merges_identical_constants_and_nodes():
+    def graph():
+        x = tf.compat.v1.placeholder(tf.float32, [2], name="x")
+        a = tf.nn.relu(x * tf.constant(2.0))
+        b = tf.nn.relu(x * tf.constant(2.0))  # the same computation, other names
+        c = x * tf.constant(3.0)  # a different constant: kept
+        tf.identity(a + b + c, name="y")
+
+    before = build(graph)
+    after, log = run_pass("dedupe", before)
+    ops = [n.op for n in after.node]
+    assert ops.count("Relu") == 1 and ops.count("Mul") == 2 and ops.count("Const") == 2
+    assert log.removed["duplicates"] == 3
+    feed = {"x:0": np.array([1.0, -2.0], np.float32)}
+    np.testing.assert_allclose(run_graph(after, feed, "y:0"), run_graph(before, feed, "y:0"))
+
+
+def test_dedupe_never_merges_random_ops():
+    def graph():
+        x = tf.compat.v1.placeholder(tf.float32, [2], name="x")
+        tf.identity(x + tf.random.uniform([2]) + tf.random.uniform([2]), name="y")
+
+    before = build(graph)
+    after, log = run_pass("dedupe", before)
+    assert [n.op for n in after.node].count("RandomUniform") == 2

@@ -1,0 +1,79 @@
+"""Merge identical constants and identical nodes (common-subexpression elimination).
+
+Two nodes are identical when they have the same op, the same attributes (a Const's value
+included) and the same inputs once earlier duplicates are merged; one topological sweep with
+a hash per node, so linear time. Stateful ops (random, variables, calls) are never merged.
+Written here because Grappler's CSE lives in its arithmetic optimizer, which is off.
+"""
+from __future__ import annotations
+
+import hashlib
+
+from tfopt.graph import is_control, node_name, topological_order
+from tfopt.passes.base import PassContext, PassLog, register
+
+
+def _stateful(op: str, cache: dict) -> bool:
+    from tensorflow.python.framework import op_def_registry
+
+    if op not in cache:
+        op_def = op_def_registry.get(op)
+        cache[op] = op_def is None or op_def.is_stateful
+    return cache[op]
+
+
+def _key(node, inputs: list[str]) -> bytes:
+    digest = hashlib.sha256(node.op.encode())
+    for ref in inputs:
+        digest.update(b"\0" + ref.encode())
+    for name in sorted(node.attr):
+        if name != "_output_shapes":
+            digest.update(b"\1" + name.encode())
+            digest.update(node.attr[name].SerializeToString(deterministic=True))
+    digest.update(node.device.encode())
+    return digest.digest()
+
+
+@register("dedupe")
+def dedupe(graph_def, ctx: PassContext, log: PassLog):
+    merged: dict[str, str] = {}  # duplicate -> the node kept
+    seen: dict[bytes, str] = {}
+    stateful: dict[str, bool] = {}
+
+    def remap(ref: str) -> str:
+        control = is_control(ref)
+        bare = ref[1:] if control else ref
+        name = node_name(bare)
+        if name not in merged:
+            return ref
+        return ("^" if control else "") + merged[name] + bare[len(name):]
+
+    for node in topological_order(graph_def):
+        if node.name in ctx.protected or _stateful(node.op, stateful):
+            continue
+        inputs = [remap(r) for r in node.input]
+        data = [r for r in inputs if not is_control(r)]
+        key = _key(node, data + sorted(r for r in inputs if is_control(r)))
+        if key in seen:
+            merged[node.name] = seen[key]
+            log.change("merged", node=node.name, into=seen[key], op=node.op)
+        else:
+            seen[key] = node.name
+    if not merged:
+        return graph_def
+    log.removed["duplicates"] += len(merged)
+    out = type(graph_def)()
+    out.versions.CopyFrom(graph_def.versions)
+    out.library.CopyFrom(graph_def.library)
+    for node in graph_def.node:
+        if node.name in merged:
+            continue
+        new = out.node.add()
+        new.CopyFrom(node)
+        data = [remap(r) for r in node.input if not is_control(r)]
+        sources = {node_name(r) for r in data}
+        control = [c for c in dict.fromkeys(remap(r) for r in node.input if is_control(r))
+                   if c[1:] not in sources]
+        del new.input[:]
+        new.input.extend(data + control)
+    return out
