@@ -3,14 +3,18 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-SAMPLES = Path(__file__).resolve().parent.parent / "saved_models"
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "saved_models"
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from zoo import randomize  # noqa: E402  (the bench zoo's weights, shared with the tests)
 
 
 def tree_digest(path: Path) -> str:
@@ -21,33 +25,6 @@ def tree_digest(path: Path) -> str:
         digest.update(str(file.relative_to(path) if Path(path).is_dir() else file.name).encode())
         digest.update(file.read_bytes())
     return digest.hexdigest()
-
-
-def randomize(model, seed: int = 0) -> None:
-    """Give a freshly built Keras model trained-looking weights: non-zero biases, random BN
-    affine terms, and BN statistics taken from a real batch.
-
-    With default initializers, BN is an identity and biases are zero, so folding bugs would
-    hide; with made-up statistics, activations vanish and every input gives the same output.
-    """
-    import keras
-
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        for weight in layer.weights:
-            name = weight.path if hasattr(weight, "path") else weight.name
-            if "beta" in name or "bias" in name:
-                weight.assign(rng.normal(0, 0.1, weight.shape).astype(weight.dtype))
-            elif "gamma" in name:
-                weight.assign(rng.uniform(0.8, 1.2, weight.shape).astype(weight.dtype))
-    norms = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
-    momenta = [l.momentum for l in norms]
-    for layer in norms:
-        layer.momentum = 0.0  # the next training-mode call sets the moving stats to batch stats
-    shape = (8,) + tuple(model.inputs[0].shape[1:])
-    model(rng.standard_normal(shape).astype(np.float32), training=True)
-    for layer, momentum in zip(norms, momenta):
-        layer.momentum = momentum
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -13,17 +14,22 @@ import numpy as np
 
 from tfopt import __version__
 from tfopt.categories import CATEGORIES
-from tfopt.errors import ConversionError, InputError, UsageError, first_line
+from tfopt.errors import InputError, UsageError, first_line
+from tfopt.artifacts import build_and_check
+from tfopt.data import read_feeds
 from tfopt.exporters import EXPORTERS, ExportOptions
+from tfopt.exporters.base import CALIBRATED, QUANTIZE_MODES
 from tfopt.graph import constant_bytes, op_histogram
 from tfopt.loaders import LoadOptions, load
-from tfopt.model import Model, TensorSpec, random_feeds
+from tfopt.model import Model, random_feeds
 from tfopt.passes import DEFAULT_PIPELINE, run_pipeline
 from tfopt.report import ArtifactReport, FreezeResult, GraphSummary
-from tfopt.verify import compare
+from tfopt.quantize import choose_precision
+from tfopt.verify import BUDGETS, Budget, Check, top1_accuracy
 
 TARGETS = tuple(EXPORTERS)
 DEFAULT_ATOL, DEFAULT_RTOL = 1e-4, 1e-3
+VERIFY_SAMPLES = 64  # calibration samples that quantized artifacts are checked on
 
 
 def freeze(src: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
@@ -35,6 +41,10 @@ def freeze(src: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
            data: str | os.PathLike | Mapping[str, np.ndarray] | None = None,
            samples: int = 3, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
            opset: int | None = None, overwrite: bool = False,
+           quantize: str = "none", calibration=None, eval_data=None,
+           mean: float = 0.0, scale: float = 1.0, int8_io: bool = False,
+           max_drop: float | None = None, objective: str = "size",
+           min_cosine: float | None = None, min_agreement: float | None = None,
            passes: Sequence[str] = tuple(DEFAULT_PIPELINE)) -> FreezeResult:
     """Freeze a TensorFlow model into verified deployment artifacts.
 
@@ -57,6 +67,19 @@ def freeze(src: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
             `samples` random inputs for verification.
         atol, rtol: parity tolerance; an element passes if |a-e| <= atol + rtol*|e|.
         opset: ONNX opset; default: the highest both tf2onnx and onnxruntime support.
+        quantize: "none", "fp16", "dynamic", "int8", "int16x8" or "auto", for the tflite
+            and onnx targets (.pb and SavedModel stay fp32).
+        calibration: calibration data for int8/int16x8 (and auto): an `.npz` keyed by input
+            name, a directory of `.npy` files or images, "module:function" returning feed
+            dicts, a dict of arrays, or "random" (with a warning). Images are resized and
+            normalized as (pixel - mean) * scale.
+        eval_data: an `.npz` of inputs plus `labels`: quantized artifacts are verified on it
+            and each one's top-1 accuracy is reported next to the original's.
+        int8_io: TFLite int8 with integer inputs and outputs.
+        max_drop: the accuracy drop (with eval_data) quantized artifacts may show; auto
+            chooses within it. min_cosine, min_agreement: override the per-precision budget.
+        objective: "size" or "latency": what auto optimizes among the candidates within
+            budget that are not slower than fp32.
 
     Returns:
         A FreezeResult. A target that failed to convert or verify is recorded there, not
@@ -71,23 +94,43 @@ def freeze(src: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
     out = Path(out_dir) if out_dir is not None else Path("tfopt_out") / (src.stem or "model")
     _check_output(src, out, overwrite)
     shapes = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
-    user_feed = _read_data(data) if data is not None else None
+    _check_quantize(quantize, calibration, objective)
 
+    timings = {}
     loaded = load(src, LoadOptions(signature=signature, tags=list(tags) if tags else None,
                                    inputs=list(inputs) if inputs else None,
                                    outputs=list(outputs) if outputs else None,
                                    freeze=dict(freeze_placeholders or {})))
+    timings["load"] = round(time.perf_counter() - start, 2)
     model = _fix_input_shapes(loaded.model, shapes)
-    if user_feed is not None:
-        _check_feed(user_feed, model.inputs)
+    calibration_feeds = None if calibration is None else read_feeds(
+        calibration, model.inputs, "--calibration", mean=mean, scale=scale)[0]
+    labels = None
+    if eval_data is not None:
+        feeds, extra = read_feeds(eval_data, model.inputs, "--eval", extra_keys=("labels",))
+        labels = extra.get("labels")
+        if labels is None:
+            raise UsageError("--eval needs a 'labels' array next to the inputs in its .npz")
+    elif data is not None:
+        feeds = read_feeds(data, model.inputs, "--data")[0]
+    elif quantize != "none" and calibration_feeds is not None:
+        feeds = calibration_feeds[:VERIFY_SAMPLES]
+    else:
+        feeds = random_feeds(model.inputs, shapes, samples)
+    mark = time.perf_counter()
     model, reports = run_pipeline(model, list(passes))
+    timings["passes"] = round(time.perf_counter() - mark, 2)
     reports = loaded.passes + reports
-    feeds = [user_feed] if user_feed is not None else random_feeds(model.inputs, shapes, samples)
+    mark = time.perf_counter()
     try:
         expected = [loaded.reference(feed) for feed in feeds]
+        timings["reference"] = round(time.perf_counter() - mark, 2)
     except Exception as exc:  # TF raises many types for a feed the model rejects
         raise InputError(f"the original model rejects the verification inputs: "
                          f"{first_line(exc)}; check --input-shape or --data") from exc
+    check = Check(feeds, expected, atol, rtol, labels,
+                  top1_accuracy(expected, labels) if labels is not None else None,
+                  _budgets(max_drop, min_cosine, min_agreement))
 
     removed = Counter({c: 0 for c in CATEGORIES})
     removed.update(loaded.removed)
@@ -97,14 +140,17 @@ def freeze(src: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        artifacts = [_export(fmt, model, staging, out, ExportOptions(opset=opset), feeds,
-                             expected, atol, rtol) for fmt in targets]
+        options = ExportOptions(opset=opset, quantize=quantize, calibration=calibration_feeds,
+                                int8_io=int8_io)
+        artifacts = [_export(fmt, model, staging, out, options, check, objective)
+                     for fmt in targets]
         result = FreezeResult(
             tfopt_version=__version__, seconds=0.0, out_dir=str(out), source=loaded.source,
             inputs=model.inputs, outputs=model.outputs, removed=dict(removed), passes=reports,
             frozen=GraphSummary(len(model.graph_def.node), op_histogram(model.graph_def),
                                 constant_bytes(model.graph_def)),
-            artifacts=artifacts)
+            artifacts=artifacts, timings=timings,
+            reference_accuracy=check.reference_accuracy)
         result.seconds = round(time.perf_counter() - start, 2)
         (staging / "report.json").write_text(result.to_json())
         _publish(staging, out)
@@ -135,30 +181,22 @@ def _check_output(src: Path, out: Path, overwrite: bool) -> None:
         raise UsageError(f"output {out} overlaps the source {src}; choose an -o outside it")
 
 
-def _read_data(data) -> dict[str, np.ndarray]:
-    if isinstance(data, Mapping):
-        return {k: np.asarray(v) for k, v in data.items()}
-    path = Path(data)
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read --data {path}: {first_line(exc)}; pass an .npz whose "
-                         "keys are input names") from exc
+def _check_quantize(quantize: str, calibration, objective: str) -> None:
+    if quantize not in QUANTIZE_MODES + ("auto",):
+        raise UsageError(f"unknown --quantize '{quantize}'; choose from "
+                         f"{', '.join(QUANTIZE_MODES)}, auto")
+    if quantize in CALIBRATED and calibration is None:
+        raise UsageError(f"--quantize {quantize} needs calibration data: pass --calibration "
+                         "train_sample.npz (keys: input names), a directory of .npy files or "
+                         "images, or module:function; --calibration random only to try it out")
+    if objective not in ("size", "latency"):
+        raise UsageError(f"unknown --objective '{objective}'; choose size or latency")
 
 
-def _check_feed(feed: dict, inputs: list[TensorSpec]) -> None:
-    names = [t.name for t in inputs]
-    missing, extra = [n for n in names if n not in feed], [k for k in feed if k not in names]
-    if missing or extra:
-        raise UsageError(f"--data keys {sorted(feed)} do not match the inputs {names}"
-                         f" (missing: {missing}, unknown: {extra})")
-    for spec in inputs:
-        value = feed[spec.name]
-        if not spec.accepts(value.shape):
-            raise UsageError(f"--data '{spec.name}' has shape {list(value.shape)}, the input "
-                             f"takes {list(spec.shape)}")
-        feed[spec.name] = value.astype(spec.dtype, copy=False)
+def _budgets(max_drop, min_cosine, min_agreement) -> dict[str, Budget]:
+    overrides = {k: v for k, v in (("max_drop", max_drop), ("min_cosine", min_cosine),
+                                   ("min_agreement", min_agreement)) if v is not None}
+    return {precision: replace(budget, **overrides) for precision, budget in BUDGETS.items()}
 
 
 def _fix_input_shapes(model: Model, shapes: dict[str, tuple[int, ...]]) -> Model:
@@ -176,53 +214,22 @@ def _fix_input_shapes(model: Model, shapes: dict[str, tuple[int, ...]]) -> Model
     return model.with_input_shapes(shapes)
 
 
-def _export(fmt, model, staging, out, options, feeds, expected, atol, rtol) -> ArtifactReport:
+def _export(fmt: str, model: Model, staging: Path, out: Path, options: ExportOptions,
+            check: Check, objective: str) -> ArtifactReport:
     exporter = EXPORTERS[fmt]
-    path = staging / exporter.FILENAME
-    start = time.perf_counter()
-    try:
-        exported = exporter.export(model, path, options)
-    except Exception as exc:  # one target failing must not stop the others
-        _remove(path)
-        details = exc.details if isinstance(exc, ConversionError) else {}
-        message = str(exc) if isinstance(exc, ConversionError) else \
-            f"{fmt} export failed: {first_line(exc)}"
-        return ArtifactReport(format=fmt, status="failed", error=message,
-                              seconds=round(time.perf_counter() - start, 2),
-                              attempts=details.get("attempts", []),
-                              blocking_ops=details.get("blocking_ops", []))
-    report = ArtifactReport(format=fmt, status="ok", path=str(out / exporter.FILENAME),
-                            precision=exported.precision, fallback=exported.fallback,
-                            attempts=exported.attempts, steps=exported.steps,
-                            seconds=round(time.perf_counter() - start, 2))
-    report.bytes = _bytes(path)
-    report.ops = exporter.describe(path, model)
-    report.nodes = sum(report.ops.values())
-    try:
-        run = exporter.runner(path, model)
-        actual = [run(feed) for feed in feeds]
-    except Exception as exc:  # the artifact's own runtime refused it: a failed target
-        _remove(path)
-        report.error = f"{fmt} runtime cannot run the artifact: {first_line(exc)}"
-        report.blocking_ops = sorted(op for op in report.ops if op.startswith("Flex"))
-        report.status, report.path, report.bytes, report.nodes, report.ops = \
-            "failed", None, None, None, {}
-        return report
-    report.parity = compare(expected, actual, atol, rtol)
+    if options.quantize == "auto" and exporter.MODES != {"none"}:
+        report = choose_precision(fmt, model, staging / exporter.FILENAME, options, check,
+                                  objective)
+    else:
+        note = None
+        if options.quantize not in exporter.MODES:
+            note = f"stays fp32: --quantize {options.quantize} applies to tflite and onnx"
+            options = replace(options, quantize="none")
+        report = build_and_check(fmt, model, staging / exporter.FILENAME, options, check)
+        report.note = note
+    if report.status == "ok":
+        report.path = str(out / exporter.FILENAME)
     return report
-
-
-def _bytes(path: Path) -> int:
-    if path.is_dir():
-        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    return path.stat().st_size
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists():
-        path.unlink()
 
 
 def _publish(staging: Path, out: Path) -> None:

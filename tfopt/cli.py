@@ -61,6 +61,27 @@ def freeze_parser() -> argparse.ArgumentParser:
     parser.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance")
     parser.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance")
     parser.add_argument("--opset", type=int, help="ONNX opset (default: highest supported)")
+    quant = parser.add_argument_group("quantization (tflite and onnx targets)")
+    quant.add_argument("--quantize", default="none",
+                       choices=["none", "fp16", "dynamic", "int8", "int16x8", "auto"],
+                       help="post-training quantization (default: %(default)s)")
+    quant.add_argument("--calibration", help="calibration data: .npz keyed by input name, a "
+                       "directory of .npy files or images, module:function, or random")
+    quant.add_argument("--mean", type=float, default=0.0,
+                       help="images: subtracted from pixels (0-255) before --scale")
+    quant.add_argument("--scale", type=float, default=1.0, help="images: pixel multiplier")
+    quant.add_argument("--eval", help=".npz of inputs plus 'labels': quantized artifacts are "
+                       "checked on it and their top-1 accuracy reported")
+    quant.add_argument("--int8-io", action="store_true",
+                       help="TFLite int8: integer inputs and outputs too")
+    quant.add_argument("--max-drop", type=float,
+                       help="accuracy drop allowed with --eval (default 0.01)")
+    quant.add_argument("--min-cosine", type=float,
+                       help="override the per-precision cosine-similarity budget")
+    quant.add_argument("--min-agreement", type=float,
+                       help="override the per-precision top-1 agreement budget")
+    quant.add_argument("--objective", default="size", choices=["size", "latency"],
+                       help="what --quantize auto minimizes (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a non-empty output directory")
     parser.add_argument("-q", "--quiet", action="store_true", help="print no summary table")
@@ -86,7 +107,11 @@ def run_freeze(argv: list[str]) -> int:
                         outputs=split_specs(args.outputs) if args.outputs else None,
                         freeze_placeholders=dict(args.freeze_placeholder),
                         samples=args.samples, atol=args.atol, rtol=args.rtol,
-                        opset=args.opset, overwrite=args.overwrite)
+                        opset=args.opset, overwrite=args.overwrite,
+                        quantize=args.quantize, calibration=args.calibration,
+                        eval_data=args.eval, mean=args.mean, scale=args.scale,
+                        int8_io=args.int8_io, max_drop=args.max_drop, objective=args.objective,
+                        min_cosine=args.min_cosine, min_agreement=args.min_agreement)
     except TfoptError as exc:
         return fail(exc, args.debug, exc.exit_code, "error")
     except Exception as exc:  # a bug: keep the one-line contract, traceback on --debug

@@ -38,6 +38,10 @@ class ArtifactReport:
     attempts: list[dict] = field(default_factory=list)
     blocking_ops: list[str] = field(default_factory=list)
     steps: list[dict] = field(default_factory=list)
+    verify_seconds: float | None = None  # loading the artifact and running the samples
+    float_layers: list[str] = field(default_factory=list)  # kept float by a quantized export
+    note: str | None = None
+    auto: dict | None = None  # --quantize auto: every candidate tried, and the choice
 
     def to_dict(self) -> dict:
         out = dict(self.__dict__)
@@ -59,6 +63,14 @@ class FreezeResult:
     passes: list[PassReport]
     frozen: GraphSummary
     artifacts: list[ArtifactReport]
+    timings: dict[str, float] = field(default_factory=dict)  # load, passes, reference
+    reference_accuracy: float | None = None  # the original's top-1 on --eval
+
+    @property
+    def conversion_seconds(self) -> float:
+        """Wall time without verification (the reference run and every artifact's run)."""
+        return round(self.seconds - self.timings.get("reference", 0.0)
+                     - sum(a.verify_seconds or 0.0 for a in self.artifacts), 2)
 
     @property
     def failed_targets(self) -> list[str]:
@@ -84,7 +96,9 @@ class FreezeResult:
             "inputs": [t.to_dict() for t in self.inputs],
             "outputs": [t.to_dict() for t in self.outputs],
             "removed": self.removed, "passes": [p.to_dict() for p in self.passes],
-            "frozen": self.frozen.to_dict(), "artifacts": [a.to_dict() for a in self.artifacts]}
+            "frozen": self.frozen.to_dict(), "artifacts": [a.to_dict() for a in self.artifacts],
+            "timings": dict(self.timings, conversion=self.conversion_seconds),
+            "reference_accuracy": self.reference_accuracy}
 
     def to_json(self) -> str:
         return json.dumps(_strict(self.to_dict()), indent=2, default=str)

@@ -1,7 +1,9 @@
 """ONNX (`model.onnx`) via tf2onnx on the frozen graph, checked by onnx.checker, run in onnxruntime."""
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 from collections import Counter
 from pathlib import Path
 
@@ -77,8 +79,174 @@ def export(model: Model, path: Path, options: ExportOptions) -> Exported:
         raise ConversionError(f"tf2onnx wrote an invalid ONNX model{hint}: {first_line(exc)}",
                               details={"blocking_ops": unknown}) from exc
     proto, steps = post_optimize(proto)
-    onnx.save(proto, str(path))
-    return Exported(steps=steps)
+    if options.quantize == "none":
+        onnx.save(compact_names(proto), str(path))
+        return Exported(steps=steps)
+    try:
+        with _quiet_logging():
+            QUANTIZERS[options.quantize](proto, path, options)
+    except ConversionError:
+        raise
+    except Exception as exc:  # onnxruntime.quantization raises anything
+        raise ConversionError(f"onnxruntime cannot quantize to {options.quantize}: "
+                              f"{first_line(exc)}") from exc
+    onnx.save(compact_names(onnx.load(str(path))), str(path))
+    return Exported(precision=PRECISION[options.quantize], steps=steps)
+
+
+def compact_names(proto):
+    """Drop the scope prefix that every internal name shares (TF's `StatefulPartitionedCall/
+    model/`): quantization writes each name three times per edge, and on small models the
+    names outweigh the int8 weights. Graph input and output names are kept."""
+    import os
+
+    graph = proto.graph
+    kept = {v.name for v in list(graph.input) + list(graph.output)}
+    names = [n.name for n in graph.node] + [t for n in graph.node for t in
+                                           list(n.input) + list(n.output)]
+    names += [i.name for i in graph.initializer]
+    scoped = [n for n in names if "/" in n and n not in kept]  # "x_scale" has no scope
+    prefix = os.path.commonprefix(scoped) if scoped else ""
+    prefix = prefix[:prefix.rfind("/") + 1]
+    if not prefix:
+        return proto
+
+    def short(name: str) -> str:
+        return name[len(prefix):] if name.startswith(prefix) and name not in kept else name
+
+    if len({short(n) for n in names}) != len(set(names)):
+        return proto  # a shortened name would collide with an existing one
+
+    for node in graph.node:
+        node.name = short(node.name)
+        node.input[:] = [short(t) for t in node.input]
+        node.output[:] = [short(t) for t in node.output]
+    for tensor in list(graph.initializer) + list(graph.value_info):
+        tensor.name = short(tensor.name)
+    return proto
+
+
+MODES = frozenset({"none", "fp16", "dynamic", "int8", "int16x8"})
+
+
+@contextlib.contextmanager
+def _quiet_logging():
+    """onnxruntime.quantization logs advice through the root logger."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+PRECISION = {"fp16": "fp16", "dynamic": "dynamic-int8", "int8": "int8", "int16x8": "int16x8"}
+FP16_MAX = 65504.0
+
+
+def _fp16(proto, path: Path, options: ExportOptions) -> None:
+    """fp16 weights and compute, fp32 inputs/outputs; nodes whose values overflow fp16 on the
+    calibration data (or that feed such values through) stay fp32."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    blocked = sorted(set(float_nodes(proto, options.float_layers))
+                     | set(_overflowing(proto, options.calibration)))
+    converted = convert_float_to_float16(proto, keep_io_types=True,
+                                         node_block_list=blocked or None)
+    onnx.save(converted, str(path))
+
+
+def _overflowing(proto, feeds: list[dict] | None) -> list[str]:
+    """Nodes with an output beyond the fp16 range on any feed."""
+    import numpy as np
+    import onnx
+    import onnxruntime
+
+    if not feeds:
+        return []
+    probe = onnx.ModelProto()
+    probe.CopyFrom(proto)
+    known = {o.name for o in probe.graph.output}
+    producer = {}
+    for node in probe.graph.node:
+        for out in node.output:
+            producer[out] = node.name
+            if out and out not in known:
+                probe.graph.output.add().name = out
+    session = onnxruntime.InferenceSession(probe.SerializeToString(),
+                                           providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    hot = set()
+    for feed in feeds[:32]:
+        for name, value in zip(names, session.run(names, feed)):
+            value = np.asarray(value)
+            if value.dtype.kind == "f" and value.size and np.nanmax(np.abs(value)) > FP16_MAX:
+                hot.add(producer.get(name, name))
+    return sorted(hot)
+
+
+def float_nodes(proto, layers) -> list[str]:
+    """ONNX nodes that keep TF layers (node names) in float: the nodes computing them, and
+    the nodes reading their outputs (a quantized reader would quantize the tensor anyway)."""
+    if not layers:
+        return []
+    wanted = set(layers)
+
+    def computes(node) -> bool:
+        return node.name in wanted or any(o.split(":")[0] in wanted for o in node.output)
+
+    producers = [n for n in proto.graph.node if computes(n)]
+    outputs = {o for n in producers for o in n.output}
+    readers = [n for n in proto.graph.node if outputs & set(n.input)]
+    return sorted({n.name for n in producers + readers if n.name})
+
+
+def _dynamic(proto, path: Path, options: ExportOptions) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(proto, str(path), weight_type=QuantType.QInt8,
+                     nodes_to_exclude=float_nodes(proto, options.float_layers) or None)
+
+
+class _Reader:
+    """The calibration feeds as onnxruntime's CalibrationDataReader."""
+
+    def __init__(self, feeds: list[dict]):
+        self._feeds = iter(feeds)
+
+    def get_next(self):
+        return next(self._feeds, None)
+
+    def rewind(self):  # noqa: D102  (the interface asks for it)
+        pass
+
+
+def _static(proto, path: Path, options: ExportOptions) -> None:
+    """QDQ, per-channel int8 weights; activations uint8 (int8 mode) or int16 (int16x8)."""
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    sixteen = options.quantize == "int16x8"
+    with tempfile.TemporaryDirectory(prefix="tfopt-onnxq-") as work:
+        prepared = Path(work) / "prepared.onnx"
+        onnx.save(proto, str(Path(work) / "float.onnx"))
+        with native_stderr_silenced():
+            quant_pre_process(str(Path(work) / "float.onnx"), str(prepared),
+                              skip_symbolic_shape=True)
+            # after pre-processing: its fusions (MatMul+Add -> Gemm) rename nodes
+            excluded = float_nodes(onnx.load(str(prepared)), options.float_layers)
+            quantize_static(
+                str(prepared), str(path), _Reader(options.calibration),
+                quant_format=QuantFormat.QDQ, per_channel=True,
+                activation_type=QuantType.QInt16 if sixteen else QuantType.QUInt8,
+                weight_type=QuantType.QInt8, nodes_to_exclude=excluded or None,
+                extra_options={"UseQDQContribOps": sixteen})
+
+
+QUANTIZERS = {"fp16": _fp16, "dynamic": _dynamic, "int8": _static, "int16x8": _static}
 
 
 def _onnxoptimizer(proto):

@@ -9,6 +9,7 @@ from tfopt.model import Model
 
 FORMAT = "pb"
 FILENAME = "model.pb"
+MODES = frozenset({"none"})
 
 
 def export(model: Model, path: Path, options: ExportOptions) -> Exported:

@@ -10,6 +10,7 @@ from tfopt.model import Model
 
 FORMAT = "saved_model"
 FILENAME = "saved_model"
+MODES = frozenset({"none"})
 
 
 def export(model: Model, path: Path, options: ExportOptions) -> Exported:

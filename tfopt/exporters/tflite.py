@@ -26,18 +26,85 @@ def _batch_one(model: Model) -> Model | None:
     return model.with_input_shapes(shapes) if shapes else None
 
 
-def _converter(saved_model_dir: str, signature: str, fallback: str):
+MODES = frozenset({"none", "fp16", "dynamic", "int8", "int16x8"})
+PRECISION = {"none": "fp32", "fp16": "fp16", "dynamic": "dynamic-int8", "int8": "int8",
+             "int16x8": "int16x8"}
+
+
+def _converter(saved_model_dir: str, signature: str, fallback: str,
+               options: ExportOptions | None = None):
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir,
                                                          signature_keys=[signature])
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if options is not None and options.quantize != "none":
+        _quantization(converter, options)
     if fallback == "batch_1":
         converter._experimental_default_to_single_batch_in_tensor_list_ops = True
     elif fallback == "select_tf_ops":
         converter.target_spec.supported_ops.append(tf.lite.OpsSet.SELECT_TF_OPS)
         converter._experimental_lower_tensor_list_ops = False
     return converter
+
+
+def _quantization(converter, options: ExportOptions) -> None:
+    """The converter flags of each mode (post-training quantization)."""
+    import tensorflow as tf
+
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if options.quantize == "fp16":
+        converter.target_spec.supported_types = [tf.float16]
+        return
+    if options.quantize == "dynamic":
+        return
+    feeds = options.calibration
+    converter.representative_dataset = lambda: (dict(feed) for feed in feeds)
+    if options.quantize == "int16x8":
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+    elif not options.float_layers:  # float layers need float builtins next to int8 ones
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    if options.int8_io and options.quantize == "int8":
+        converter.inference_input_type = converter.inference_output_type = tf.int8
+
+
+def float_layer_model(saved_model_dir: str, signature: str, options: ExportOptions) -> bytes:
+    """An int8 model in which options.float_layers (TF node names) and the ops reading their
+    outputs stay float, through the QuantizationDebugger's denylist."""
+    import tensorflow as tf
+
+    plain = _converter(saved_model_dir, signature, "none").convert()
+    denylist = _denylist(plain, set(options.float_layers))
+    debug_options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=denylist)
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=_converter(saved_model_dir, signature, "none", options),
+        debug_dataset=lambda: (dict(f) for f in options.calibration),
+        debug_options=debug_options)
+    return debugger.get_nondebug_quantized_model()
+
+
+def _denylist(flatbuffer: bytes, layers: set[str]) -> list[str]:
+    """Output tensor names of the TFLite ops computing the layers and of the ops reading them.
+
+    A fused op's output is named by the TF nodes it fuses, joined by ';', and a name already
+    taken (by the layer's weights) gets a digit appended.
+    """
+    import tensorflow as tf
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        found = tf.lite.Interpreter(model_content=flatbuffer)
+    names = {t["index"]: t["name"] for t in found.get_tensor_details()}
+    ops = found._get_ops_details()  # the public API lists tensors, not which op reads them
+    def computes(tensor: int) -> bool:
+        return any(part.rstrip("0123456789") in layers or part in layers
+                   for part in names.get(tensor, "").split(";"))
+
+    hit = [op for op in ops if any(computes(o) for o in op["outputs"])]
+    tensors = {o for op in hit for o in op["outputs"]}
+    readers = [op for op in ops if tensors & set(op["inputs"])]
+    return sorted({names[o] for op in hit + readers for o in op["outputs"]})
 
 
 def unsupported_ops(model: Model, options: ExportOptions) -> list[str]:
@@ -59,7 +126,7 @@ def blocking_ops(message: str) -> list[str]:
 
 
 def export(model: Model, path: Path, options: ExportOptions) -> Exported:
-    result = Exported()
+    result = Exported(precision=PRECISION[options.quantize])
     # through a variable-free SavedModel: from_concrete_functions drops the signature's name
     with tempfile.TemporaryDirectory(prefix="tfopt-tflite-") as workdir:
         saved = {}
@@ -72,8 +139,12 @@ def export(model: Model, path: Path, options: ExportOptions) -> Exported:
                 save_inference_model(candidate, saved[id(candidate)])
             try:
                 with native_stderr_silenced():
-                    flatbuffer = _converter(saved[id(candidate)], model.signature,
-                                            fallback).convert()
+                    if options.float_layers:
+                        flatbuffer = float_layer_model(saved[id(candidate)], model.signature,
+                                                       options)
+                    else:
+                        flatbuffer = _converter(saved[id(candidate)], model.signature,
+                                                fallback, options).convert()
             except Exception as exc:  # the converter raises ConverterError and others
                 message = str(exc).strip()
                 result.attempts.append({"fallback": fallback, "error": _summary(message),
@@ -130,8 +201,25 @@ def interpreter(path: Path):
 
 
 def runner(path: Path, model: Model):
+    """Float feeds in, float outputs out; integer inputs/outputs (--int8-io) are quantized
+    and dequantized with the model's own scales."""
+    import numpy as np
+
     runner_fn = interpreter(path).get_signature_runner(model.signature)
+    inputs, outputs = runner_fn.get_input_details(), runner_fn.get_output_details()
+
+    def quantize(value, detail):
+        scale, zero = detail["quantization"]
+        if not scale or np.issubdtype(np.asarray(value).dtype, np.integer):
+            return value
+        info = np.iinfo(detail["dtype"])
+        return np.clip(np.round(value / scale + zero), info.min, info.max).astype(detail["dtype"])
+
+    def dequantize(value, detail):
+        scale, zero = detail["quantization"]
+        return (value.astype(np.float32) - zero) * scale if scale else value
 
     def run(feed: dict) -> dict:
-        return runner_fn(**feed)
+        result = runner_fn(**{k: quantize(v, inputs[k]) for k, v in feed.items()})
+        return {k: dequantize(v, outputs[k]) for k, v in result.items()}
     return run

@@ -1,0 +1,209 @@
+"""Post-training quantization on a real task (scikit-learn's digits), --quantize auto with a
+layer that int8 breaks, and the calibration data paths and their errors."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import digits
+from tfopt.cli import main
+from tfopt.data import read_feeds
+from tfopt.errors import UsageError
+from tfopt.model import TensorSpec
+
+
+@pytest.fixture(scope="module")
+def digits_cnn(tmp_path_factory):
+    return digits.train(tmp_path_factory.mktemp("digits"))
+
+
+@pytest.fixture(scope="module")
+def runs(digits_cnn, tmp_path_factory):
+    """The digits CNN frozen at fp32, int8 and fp16, each checked on the test split."""
+    import tfopt
+
+    saved, info = digits_cnn
+    root = tmp_path_factory.mktemp("quant")
+    return {mode: tfopt.freeze(saved, root / mode, targets=["tflite", "onnx", "pb"],
+                               quantize=mode, calibration=info["calibration"],
+                               eval_data=info["eval"])
+            for mode in ("none", "int8", "fp16")}
+
+
+def test_int8_keeps_accuracy_and_shrinks_the_model(digits_cnn, runs):
+    _, info = digits_cnn
+    fp32, int8 = runs["none"], runs["int8"]
+    assert info["accuracy"] >= 0.95 and int8.reference_accuracy >= 0.95
+    assert int8.exit_code == 0
+    for fmt in ("tflite", "onnx"):
+        artifact = int8.artifact(fmt)
+        assert artifact.precision == "int8"
+        assert int8.reference_accuracy - artifact.parity.accuracy <= 0.01, fmt
+        assert artifact.bytes <= 0.30 * fp32.artifact(fmt).bytes, fmt
+        assert artifact.parity.budget is not None and artifact.parity.passed
+        assert artifact.parity.samples == 540  # the whole test split
+    pb = int8.artifact("pb")
+    assert pb.precision == "fp32" and "stays fp32" in pb.note
+
+
+def test_int8_tflite_is_integer_and_onnx_is_qdq(runs):
+    import onnx
+
+    from tfopt.exporters.tflite import op_names
+
+    ops = set(op_names(Path(runs["int8"].artifact("tflite").path)))
+    assert {"QUANTIZE", "DEQUANTIZE", "CONV_2D", "FULLY_CONNECTED"} <= ops
+    graph = onnx.load(runs["int8"].artifact("onnx").path).graph
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in graph.node}
+    assert [i.name for i in graph.input] == ["image"]  # names survive quantization
+
+
+def test_fp16_halves_the_model(runs):
+    fp32, fp16 = runs["none"], runs["fp16"]
+    for fmt in ("tflite", "onnx"):
+        assert fp16.artifact(fmt).precision == "fp16"
+        assert fp16.artifact(fmt).bytes <= 0.52 * fp32.artifact(fmt).bytes
+        assert fp16.artifact(fmt).parity.passed
+
+
+def test_int8_io_takes_integer_inputs(digits_cnn, tmp_path):
+    import tfopt
+    from tfopt.exporters.tflite import interpreter
+
+    saved, info = digits_cnn
+    result = tfopt.freeze(saved, tmp_path / "out", targets=["tflite"], quantize="int8",
+                          calibration=info["calibration"], eval_data=info["eval"],
+                          int8_io=True)
+    assert result.exit_code == 0
+    details = interpreter(Path(result.artifact("tflite").path)).get_input_details()
+    assert details[0]["dtype"] == np.int8
+
+
+def outlier_model(path: Path):
+    """A trained classifier whose 'bad' layer has one huge-magnitude unit that the head
+    ignores: per-tensor int8 ranges then wipe out the layer's other units."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((20, 64)).astype(np.float32) * 2
+    labels = rng.integers(0, 20, 4000)
+    x = centers[labels] + rng.standard_normal((4000, 64)).astype(np.float32)
+    inputs = keras.Input((64,), name="x")
+    h = keras.layers.Dense(512, activation="relu")(inputs)
+    h = keras.layers.Dense(512, activation="relu")(h)
+    bad = keras.layers.Dense(64, name="bad")(h)
+    outputs = keras.layers.Softmax()(keras.layers.Dense(20, name="head")(bad))
+    model = keras.Model(inputs, outputs)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x, labels, epochs=3, batch_size=64, verbose=0)
+    weights, bias = model.get_layer("bad").get_weights()
+    weights[:, 0] *= 10000
+    model.get_layer("bad").set_weights([weights, bias])
+    weights, bias = model.get_layer("head").get_weights()
+    weights[0, :] = 0
+    model.get_layer("head").set_weights([weights, bias])
+    model.export(str(path / "model"), verbose=False)
+    np.savez(path / "calibration.npz", x=x[:200])
+    return path / "model", path / "calibration.npz"
+
+
+@pytest.mark.slow
+def test_auto_keeps_the_outlier_layer_in_float(tmp_path):
+    import tfopt
+
+    saved, calibration = outlier_model(tmp_path)
+    plain = tfopt.freeze(saved, tmp_path / "int8", targets=["tflite", "onnx"],
+                         quantize="int8", calibration=calibration)
+    assert plain.exit_code == 4  # over budget: a parity failure
+    assert all(not a.parity.passed for a in plain.artifacts)
+    auto = tfopt.freeze(saved, tmp_path / "auto", targets=["tflite", "onnx"],
+                        quantize="auto", calibration=calibration)
+    assert auto.exit_code == 0
+    for artifact in auto.artifacts:
+        assert artifact.parity.passed
+        rescued = [t for t in artifact.auto["tried"] if t["precision"] == "int8"
+                   and any("/bad" in layer for layer in t["float_layers"])]
+        assert rescued and rescued[-1]["within_budget"], artifact.auto["tried"]
+        assert {t["precision"] for t in artifact.auto["tried"]} >= {"fp32", "int8", "fp16",
+                                                                   "dynamic-int8"}
+    tflite = auto.artifact("tflite")  # int16x8 runs 2x slower than fp32 here: not chosen
+    assert tflite.precision == "int8" and any("/bad" in l for l in tflite.float_layers)
+    report = json.loads((tmp_path / "auto" / "report.json").read_text())
+    assert report["artifacts"][0]["auto"]["chosen"] == "int8"
+
+
+def test_int8_without_calibration_is_a_usage_error(digits_cnn, tmp_path, capsys):
+    saved, _ = digits_cnn
+    assert main([str(saved), "-o", str(tmp_path / "out"), "--quantize", "int8"]) == 2
+    err = capsys.readouterr().err
+    assert "--calibration" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"wrong": np.zeros((4, 8, 8, 1), np.float32)}, "missing: ['image'], unknown: ['wrong']"),
+    ({"image": np.zeros((4, 9, 9, 1), np.float32)}, "'image' has shape [1, 9, 9, 1]"),
+    ({"image": np.array([["a"] * 8] * 8 * 4).reshape(4, 8, 8, 1)}, "'image' has dtype"),
+])
+def test_bad_calibration_data_is_named(digits_cnn, tmp_path, capsys, arrays, message):
+    saved, _ = digits_cnn
+    np.savez(tmp_path / "cal.npz", **arrays)
+    code = main([str(saved), "-o", str(tmp_path / "out"), "--quantize", "int8",
+                 "--calibration", str(tmp_path / "cal.npz"), "--to", "tflite"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err, err
+
+
+def test_eval_without_labels_is_a_usage_error(digits_cnn, tmp_path, capsys):
+    saved, _ = digits_cnn
+    np.savez(tmp_path / "eval.npz", image=np.zeros((4, 8, 8, 1), np.float32))
+    assert main([str(saved), "-o", str(tmp_path / "out"), "--quantize", "fp16",
+                 "--eval", str(tmp_path / "eval.npz")]) == 2
+    assert "'labels'" in capsys.readouterr().err
+
+
+IMAGE = [TensorSpec("image", "float32", (None, 8, 8, 1))]
+
+
+def test_calibration_from_a_directory_of_npy_files(tmp_path):
+    for i in range(3):
+        np.save(tmp_path / f"{i}.npy", np.full((8, 8, 1), i, np.float32))
+    feeds, _ = read_feeds(str(tmp_path), IMAGE)
+    assert [f["image"].shape for f in feeds] == [(1, 8, 8, 1)] * 3
+    assert [float(f["image"].max()) for f in feeds] == [0.0, 1.0, 2.0]
+
+
+def test_calibration_from_images_is_resized_and_normalized(tmp_path):
+    from PIL import Image
+
+    Image.new("L", (32, 20), color=200).save(tmp_path / "a.png")
+    Image.new("RGB", (8, 8), color=(100, 100, 100)).save(tmp_path / "b.jpg")
+    feeds, _ = read_feeds(str(tmp_path), IMAGE, mean=100.0, scale=0.01)
+    assert [f["image"].shape for f in feeds] == [(1, 8, 8, 1)] * 2
+    np.testing.assert_allclose(feeds[0]["image"], 1.0, atol=1e-6)
+    np.testing.assert_allclose(feeds[1]["image"], 0.0, atol=0.05)
+
+
+def test_calibration_from_a_function(tmp_path, monkeypatch):
+    (tmp_path / "calib_source.py").write_text(
+        "import numpy as np\n"
+        "def feeds():\n"
+        "    for i in range(5):\n"
+        "        yield {'image': np.full((1, 8, 8, 1), i, np.float32)}\n")
+    monkeypatch.chdir(tmp_path)
+    feeds, _ = read_feeds("calib_source:feeds", IMAGE)
+    assert len(feeds) == 5
+    sys.modules.pop("calib_source", None)
+    with pytest.raises(UsageError, match="calib_source:nope failed"):
+        read_feeds("calib_source:nope", IMAGE)
+
+
+def test_random_calibration_warns():
+    with pytest.warns(UserWarning, match="random inputs"):
+        feeds, _ = read_feeds("random", IMAGE)
+    assert feeds and feeds[0]["image"].shape == (1, 8, 8, 1)

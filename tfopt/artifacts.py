@@ -1,0 +1,66 @@
+"""Building one artifact and checking it against the original: what a fixed-precision
+export and every candidate of --quantize auto share."""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from tfopt.errors import ConversionError, first_line
+from tfopt.exporters import EXPORTERS, ExportOptions
+from tfopt.model import Model
+from tfopt.report import ArtifactReport
+from tfopt.verify import Check
+
+
+def build_and_check(fmt: str, model: Model, path: Path, options: ExportOptions,
+                    check: Check) -> ArtifactReport:
+    """Export one artifact to path and verify it; a failure is recorded, and path removed."""
+    exporter = EXPORTERS[fmt]
+    start = time.perf_counter()
+    try:
+        exported = exporter.export(model, path, options)
+    except Exception as exc:  # one target failing must not stop the others
+        remove(path)
+        details = exc.details if isinstance(exc, ConversionError) else {}
+        message = str(exc) if isinstance(exc, ConversionError) else \
+            f"{fmt} export failed: {first_line(exc)}"
+        return ArtifactReport(format=fmt, status="failed", error=message,
+                              seconds=round(time.perf_counter() - start, 2),
+                              attempts=details.get("attempts", []),
+                              blocking_ops=details.get("blocking_ops", []))
+    report = ArtifactReport(format=fmt, status="ok", path=str(path),
+                            precision=exported.precision, fallback=exported.fallback,
+                            attempts=exported.attempts, steps=exported.steps,
+                            float_layers=list(options.float_layers),
+                            seconds=round(time.perf_counter() - start, 2))
+    report.bytes = artifact_bytes(path)
+    report.ops = exporter.describe(path, model)
+    report.nodes = sum(report.ops.values())
+    start = time.perf_counter()
+    try:
+        run = exporter.runner(path, model)
+        actual = [run(feed) for feed in check.feeds]
+        report.verify_seconds = round(time.perf_counter() - start, 2)
+    except Exception as exc:  # the artifact's own runtime refused it: a failed target
+        remove(path)
+        report.error = f"{fmt} runtime cannot run the artifact: {first_line(exc)}"
+        report.blocking_ops = sorted(op for op in report.ops if op.startswith("Flex"))
+        report.status, report.path, report.bytes, report.nodes, report.ops = \
+            "failed", None, None, None, {}
+        return report
+    report.parity = check.verdict(actual, report.precision)
+    return report
+
+
+def artifact_bytes(path: Path) -> int:
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size
+
+
+def remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists():
+        path.unlink()
