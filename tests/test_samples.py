@@ -124,9 +124,10 @@ def test_pads_fold_into_convs_for_every_target(freeze_once, mobilenet_v2):
     onnx_artifact = result.artifact("onnx")
     assert "Pad" not in onnx_artifact.ops
     steps = {s["step"]: s for s in onnx_artifact.steps}
-    assert set(steps) == {"tf2onnx", "onnxoptimizer", "onnxslim"}
+    assert set(steps) == {"tf2onnx", "onnxoptimizer", "onnxslim", "gemm"}
     assert all("error" not in s for s in steps.values()), steps
-    assert steps["onnxslim"]["nodes"] == onnx_artifact.nodes <= steps["tf2onnx"]["nodes"]
+    assert steps["gemm"]["nodes"] == onnx_artifact.nodes < steps["tf2onnx"]["nodes"]
+    assert "Gemm" in onnx_artifact.ops and "MatMul" not in onnx_artifact.ops  # the Dense head
 
 
 def test_mobilenet_v2_keras_file_converts(freeze_once, mobilenet_v2):
