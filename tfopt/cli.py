@@ -8,7 +8,9 @@ import traceback
 from tfopt.errors import EXIT_INTERNAL, TfoptError
 from tfopt.logs import quiet_libraries
 
-EPILOG = """exit codes: 0 success; 1 internal error (a bug: rerun with --debug and report it);
+EPILOG = """commands: tfopt SRC (freeze, also `tfopt freeze SRC`); tfopt inspect SRC;
+tfopt batch SOURCES... -o OUT (exit 5 when some models fail).
+exit codes: 0 success; 1 internal error (a bug: rerun with --debug and report it);
 2 usage error or unreadable input; 3 a target failed to convert (the others are written);
 4 an artifact's outputs differ from the original beyond tolerance"""
 
@@ -144,7 +146,13 @@ def run_inspect(argv: list[str]) -> int:
     return inspect_main(argv)
 
 
-COMMANDS = {"freeze": run_freeze, "inspect": run_inspect}
+def run_batch(argv: list[str]) -> int:
+    from tfopt.batch import main as batch_main
+
+    return batch_main(argv)
+
+
+COMMANDS = {"freeze": run_freeze, "inspect": run_inspect, "batch": run_batch}
 
 
 def main(argv: list[str] | None = None) -> int:
