@@ -246,3 +246,23 @@ def test_a_failing_onnx_post_optimizer_is_skipped_and_reported(monkeypatch):
     assert steps[2]["step"] == "invalid" and "error" in steps[2]
     assert steps[3] == {"step": "onnxoptimizer", "nodes": 1}  # the Identity is gone
     assert [n.op_type for n in optimized.graph.node] == ["Relu"]
+
+
+def test_onnx_inlines_xla_only_calls_and_rewrites_erfc(tmp_path):
+    """Keras 3's grouped conv lives in an XLA-only function, exact GELU uses Erfc: tf2onnx
+    alone writes an ONNX model that onnxruntime refuses (FIELD_NOTES)."""
+    import keras
+
+    import tfopt
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 4), name="image")
+    h = keras.layers.Conv2D(8, 3, groups=2, padding="same")(inputs)
+    outputs = keras.layers.Activation("gelu")(h)  # exact (erf) GELU by default
+    path = tmp_path / "grouped"
+    keras.Model(inputs, outputs).export(str(path), verbose=False)
+    result = tfopt.freeze(path, tmp_path / "out", targets=["onnx"])
+    onnx = result.artifact("onnx")
+    assert onnx.status == "ok" and onnx.parity.passed, onnx.error
+    assert "Conv" in onnx.ops and "Erf" in onnx.ops
+    assert not {"StatefulPartitionedCall", "Erfc"} & set(onnx.ops)

@@ -57,6 +57,46 @@ def unsupported_ops(model: Model, options: ExportOptions) -> list[str]:
     return sorted(op for op in ops - _STRUCTURAL if tf_op.find_effective_op(op) is None)
 
 
+def for_tf2onnx(model: Model):
+    """The frozen graph as tf2onnx needs it.
+
+    Keras 3 puts grouped convolutions in XLA-only functions (`_XlaMustCompile`, `_noinline`),
+    which Grappler will not inline and tf2onnx leaves as raw calls: drop those marks and
+    inline them (TF's CPU kernels could no longer run the graph; ONNX's Conv takes groups).
+    Exact GELU's Erfc, which tf2onnx has no handler for, becomes 1 - Erf.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    from tfopt.graph import add_const, unique_name
+    from tfopt.passes.grappler import optimize
+
+    graph_def = type(model.graph_def)()
+    graph_def.CopyFrom(model.graph_def)
+    marks = ("_XlaMustCompile", "_noinline")
+    calls = [n for n in graph_def.node if n.op in ("StatefulPartitionedCall", "PartitionedCall")]
+    for node in calls:
+        for mark in marks:
+            node.attr.pop(mark, None)
+    for function in graph_def.library.function:
+        for mark in marks:
+            function.attr.pop(mark, None)
+    if calls:
+        graph_def = optimize(graph_def, [t.name for t in model.inputs + model.outputs],
+                             ["function"])
+    taken = {n.name for n in graph_def.node}
+    for node in [n for n in graph_def.node if n.op == "Erfc"]:
+        erf = graph_def.node.add(name=unique_name(f"{node.name}/erf", taken), op="Erf",
+                                 input=list(node.input))
+        erf.attr["T"].CopyFrom(node.attr["T"])
+        dtype = tf.dtypes.as_dtype(node.attr["T"].type).as_numpy_dtype
+        one = add_const(graph_def, unique_name(f"{node.name}/one", taken), np.ones((), dtype))
+        taken.update((erf.name, one.name))
+        node.op = "Sub"
+        node.input[:] = [one.name, erf.name]
+    return graph_def
+
+
 def export(model: Model, path: Path, options: ExportOptions) -> Exported:
     import onnx
     import tf2onnx
@@ -64,7 +104,7 @@ def export(model: Model, path: Path, options: ExportOptions) -> Exported:
     opset = options.opset or default_opset()
     try:
         proto, _ = tf2onnx.convert.from_graph_def(
-            model.graph_def, name=model.signature, opset=opset,
+            for_tf2onnx(model), name=model.signature, opset=opset,
             input_names=[t.tensor for t in model.inputs],
             output_names=[t.tensor for t in model.outputs],
             tensors_to_rename={t.tensor: t.name for t in model.inputs + model.outputs})
