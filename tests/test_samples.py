@@ -124,9 +124,9 @@ def test_pads_fold_into_convs_for_every_target(freeze_once, mobilenet_v2):
     onnx_artifact = result.artifact("onnx")
     assert "Pad" not in onnx_artifact.ops
     steps = {s["step"]: s for s in onnx_artifact.steps}
-    assert set(steps) == {"tf2onnx", "onnxoptimizer", "onnxslim", "gemm"}
+    assert set(steps) == {"tf2onnx", "onnxoptimizer", "onnxslim", "gemm", "hard_activations"}
     assert all("error" not in s for s in steps.values()), steps
-    assert steps["gemm"]["nodes"] == onnx_artifact.nodes < steps["tf2onnx"]["nodes"]
+    assert steps["hard_activations"]["nodes"] == onnx_artifact.nodes < steps["tf2onnx"]["nodes"]
     assert "Gemm" in onnx_artifact.ops and "MatMul" not in onnx_artifact.ops  # the Dense head
 
 
@@ -266,3 +266,26 @@ def test_onnx_inlines_xla_only_calls_and_rewrites_erfc(tmp_path):
     assert onnx.status == "ok" and onnx.parity.passed, onnx.error
     assert "Conv" in onnx.ops and "Erf" in onnx.ops
     assert not {"StatefulPartitionedCall", "Erfc"} & set(onnx.ops)
+
+
+def test_onnx_writes_hard_swish_and_hard_sigmoid(tmp_path):
+    """MobileNetV3's activations: four ONNX nodes each from tf2onnx, one after tfopt."""
+    import keras
+
+    import tfopt
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3), name="image")
+    h = keras.layers.Conv2D(8, 3, padding="same")(inputs)
+    h = keras.layers.Activation("hard_swish")(h)
+    gate = keras.layers.GlobalAveragePooling2D(keepdims=True)(h)
+    gate = keras.layers.Conv2D(8, 1, bias_initializer="ones")(gate)
+    gate = keras.layers.Activation("hard_sigmoid")(gate)
+    outputs = keras.layers.Multiply()([h, gate])
+    path = tmp_path / "hard.keras"
+    keras.Model(inputs, outputs).save(path)
+    onnx = tfopt.freeze(path, tmp_path / "out", targets=["onnx"]).artifact("onnx")
+    assert onnx.status == "ok" and onnx.parity.passed
+    assert onnx.ops.get("HardSwish") == 1 and onnx.ops.get("HardSigmoid") == 1, onnx.ops
+    assert "Clip" not in onnx.ops
+    assert {s["step"]: s.get("error") for s in onnx.steps}["hard_activations"] is None
