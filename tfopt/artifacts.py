@@ -33,6 +33,7 @@ def build_and_check(fmt: str, model: Model, path: Path, options: ExportOptions,
                             precision=exported.precision, fallback=exported.fallback,
                             attempts=exported.attempts, steps=exported.steps,
                             float_layers=list(options.float_layers),
+                            recurrent=exported.recurrent,
                             seconds=round(time.perf_counter() - start, 2))
     report.bytes = artifact_bytes(path)
     report.ops = exporter.describe(path, model)

@@ -17,12 +17,11 @@ import multiprocessing
 import os
 import sys
 import time
-import traceback
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from pathlib import Path
 
-from tfopt.errors import EXIT_USAGE, TfoptError, UsageError, first_line
+from tfopt.errors import EXIT_INTERNAL, EXIT_USAGE, TfoptError, UsageError, first_line
 
 EXIT_SOME_FAILED = 5
 MANIFEST_SUFFIXES = (".jsonl", ".csv", ".toml")
@@ -498,6 +497,7 @@ def parser():
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tfopt.cli import fail
     from tfopt.logs import quiet_libraries
 
     args = parser().parse_args(argv)
@@ -512,10 +512,9 @@ def main(argv: list[str] | None = None) -> int:
                            address=args.address, force=args.force, fail_fast=args.fail_fast,
                            ray_cpus=args.ray_cpus, ray_memory_mb=args.ray_memory, **defaults)
     except TfoptError as exc:
-        if args.debug:
-            traceback.print_exc()
-        print(f"tfopt: error: {first_line(exc)}", file=sys.stderr)
-        return EXIT_USAGE
+        return fail(exc, args.debug, EXIT_USAGE, "error")
+    except Exception as exc:  # a bug: keep the one-line contract, traceback on --debug
+        return fail(exc, args.debug, EXIT_INTERNAL, "internal error")
     print(f"tfopt batch: {len(result.records)} models, {len(result.failed)} failed, "
           f"{len(result.skipped)} up to date -> {result.out_dir}/summary.md")
     return result.exit_code

@@ -37,7 +37,9 @@ def quiet_libraries(debug: bool) -> None:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     warnings.filterwarnings("ignore")
-    for name in ("tensorflow", "tf2onnx", "absl", "h5py"):
+    for name in ("tensorflow", "absl", "h5py"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # tf2onnx logs "Unsupported ops" at ERROR; our one-line error names them already
+    logging.getLogger("tf2onnx").setLevel(logging.CRITICAL)
     with native_stderr_silenced():
         import tensorflow  # noqa: F401  (its C++ start-up lines ignore TF_CPP_MIN_LOG_LEVEL)

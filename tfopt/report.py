@@ -42,6 +42,7 @@ class ArtifactReport:
     float_layers: list[str] = field(default_factory=list)  # kept float by a quantized export
     note: str | None = None
     auto: dict | None = None  # --quantize auto: every candidate tried, and the choice
+    recurrent: list[dict] = field(default_factory=list)  # how each recurrent layer converted
 
     def to_dict(self) -> dict:
         out = dict(self.__dict__)

@@ -29,6 +29,7 @@ class Exported:
     fallback: str | None = None  # the converter fallback that succeeded, if any
     attempts: list[dict] = field(default_factory=list)  # every try, with its error
     steps: list[dict] = field(default_factory=list)  # post-optimizations, nodes after each
+    recurrent: list[dict] = field(default_factory=list)  # per recurrent layer: how converted
 
 
 def serving_function(model: Model):
@@ -65,3 +66,8 @@ def save_inference_model(model: Model, path) -> None:
 
     module, fn = serving_function(model)
     tf.saved_model.save(module, str(path), signatures={model.signature: fn})
+
+
+def recurrent_layers(model: Model) -> list[str]:
+    """The frozen graph's loops (a Keras RNN layer each): While / StatelessWhile nodes."""
+    return [n.name for n in model.graph_def.node if n.op in ("While", "StatelessWhile")]

@@ -101,13 +101,16 @@ def export(model: Model, path: Path, options: ExportOptions) -> Exported:
     import onnx
     import tf2onnx
 
+    from tensorflow.python.util import deprecation
+
     opset = options.opset or default_opset()
     try:
-        proto, _ = tf2onnx.convert.from_graph_def(
-            for_tf2onnx(model), name=model.signature, opset=opset,
-            input_names=[t.tensor for t in model.inputs],
-            output_names=[t.tensor for t in model.outputs],
-            tensors_to_rename={t.tensor: t.name for t in model.inputs + model.outputs})
+        with deprecation.silence():  # tf2onnx calls TF1 APIs that log a warning each
+            proto, _ = tf2onnx.convert.from_graph_def(
+                for_tf2onnx(model), name=model.signature, opset=opset,
+                input_names=[t.tensor for t in model.inputs],
+                output_names=[t.tensor for t in model.outputs],
+                tensors_to_rename={t.tensor: t.name for t in model.inputs + model.outputs})
     except Exception as exc:  # tf2onnx raises ValueError, KeyError and others
         raise ConversionError(f"tf2onnx failed: {first_line(exc)}") from exc
     try:
@@ -119,9 +122,10 @@ def export(model: Model, path: Path, options: ExportOptions) -> Exported:
         raise ConversionError(f"tf2onnx wrote an invalid ONNX model{hint}: {first_line(exc)}",
                               details={"blocking_ops": unknown}) from exc
     proto, steps = post_optimize(proto)
+    recurrent = _recurrent(proto)
     if options.quantize == "none":
         onnx.save(compact_names(proto), str(path))
-        return Exported(steps=steps)
+        return Exported(steps=steps, recurrent=recurrent)
     try:
         with _quiet_logging():
             QUANTIZERS[options.quantize](proto, path, options)
@@ -131,7 +135,18 @@ def export(model: Model, path: Path, options: ExportOptions) -> Exported:
         raise ConversionError(f"onnxruntime cannot quantize to {options.quantize}: "
                               f"{first_line(exc)}") from exc
     onnx.save(compact_names(onnx.load(str(path))), str(path))
-    return Exported(precision=PRECISION[options.quantize], steps=steps)
+    return Exported(precision=PRECISION[options.quantize], steps=steps, recurrent=recurrent)
+
+
+RECURRENT = {"LSTM": "native ONNX LSTM (tf2onnx's LSTM rewriter)",
+             "GRU": "native ONNX GRU (tfopt's GRU loop rewrite, verified by running both)",
+             "RNN": "native ONNX RNN", "Loop": "generic Loop (no native op matched)",
+             "Scan": "generic Scan (no native op matched)"}
+
+
+def _recurrent(proto) -> list[dict]:
+    return [{"node": n.name, "op": n.op_type, "conversion": RECURRENT[n.op_type]}
+            for n in proto.graph.node if n.op_type in RECURRENT]
 
 
 def compact_names(proto):
@@ -420,6 +435,48 @@ def _hard_activations(proto):
     return proto
 
 
+def _grus(proto):
+    """Keras GRU loops -> ONNX GRU (tfopt/exporters/onnx_rnn.py), each rewrite verified."""
+    from tfopt.exporters.onnx_rnn import rewrite_grus
+
+    reference = _run_random(proto)
+    if reference is None:
+        return proto
+
+    def same(candidate) -> bool:
+        outputs = _run_random(candidate)
+        return outputs is not None and all(
+            a.shape == b.shape and np.allclose(a, b, atol=1e-5, rtol=1e-4)
+            for a, b in zip(reference, outputs))
+
+    import numpy as np
+
+    proto, _ = rewrite_grus(proto, same)
+    return proto
+
+
+def _run_random(proto):
+    """The model's outputs on fixed random inputs (unknown dims: 2), or None if it fails."""
+    import numpy as np
+    import onnx
+    import onnxruntime
+
+    rng = np.random.default_rng(0)
+    feed = {}
+    for value in proto.graph.input:
+        kind = value.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else 2 for d in kind.shape.dim]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(kind.elem_type)
+        feed[value.name] = rng.standard_normal(shape).astype(dtype) \
+            if np.issubdtype(dtype, np.floating) else np.ones(shape, dtype)
+    try:
+        session = onnxruntime.InferenceSession(proto.SerializeToString(),
+                                               providers=["CPUExecutionProvider"])
+        return session.run(None, feed)
+    except Exception:  # a candidate onnxruntime refuses is simply not taken
+        return None
+
+
 def _opset(proto) -> int:
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
 
@@ -427,7 +484,7 @@ def _opset(proto) -> int:
 # measured on MobileNetV2/ResNet50/EfficientNetB0 (tf2onnx -> nodes): onnxoptimizer folds
 # every Pad into its Conv (107->103, 126->125, 297->293), onnxslim misses ResNet50's but
 # folds EfficientNet's squeeze-excite Reshapes (297->275); in this order both gains add up
-POST_OPTIMIZERS = (("onnxoptimizer", _onnxoptimizer), ("onnxslim", _onnxslim),
+POST_OPTIMIZERS = (("gru", _grus), ("onnxoptimizer", _onnxoptimizer), ("onnxslim", _onnxslim),
                    ("gemm", _gemm), ("hard_activations", _hard_activations))
 
 

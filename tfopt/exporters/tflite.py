@@ -7,7 +7,8 @@ import warnings
 from pathlib import Path
 
 from tfopt.errors import ConversionError
-from tfopt.exporters.base import Exported, ExportOptions, save_inference_model
+from tfopt.exporters.base import (Exported, ExportOptions, recurrent_layers,
+                                  save_inference_model)
 from tfopt.logs import native_stderr_silenced
 from tfopt.model import Model
 
@@ -29,6 +30,13 @@ def _batch_one(model: Model) -> Model | None:
 MODES = frozenset({"none", "fp16", "dynamic", "int8", "int16x8"})
 PRECISION = {"none": "fp32", "fp16": "fp16", "dynamic": "dynamic-int8", "int8": "int8",
              "int16x8": "int16x8"}
+
+
+RECURRENT = {
+    "none": "builtin WHILE, tensor lists lowered by the converter",
+    "batch_1": "builtin WHILE, tensor lists lowered with static element shapes (batch fixed "
+               "to 1)",
+    "select_tf_ops": "Select TF ops (Flex): needs the TF ops runtime"}
 
 
 def _converter(saved_model_dir: str, signature: str, fallback: str,
@@ -153,6 +161,8 @@ def export(model: Model, path: Path, options: ExportOptions) -> Exported:
             result.attempts.append({"fallback": fallback, "error": None})
             result.fallback = None if fallback == "none" else fallback
             path.write_bytes(flatbuffer)
+            result.recurrent = [{"layer": name, "conversion": RECURRENT[fallback]}
+                                for name in recurrent_layers(model)]
             return result
     blocked = sorted({op for a in result.attempts for op in a["blocking_ops"]})
     raise ConversionError(f"the TFLite converter failed with every fallback ({', '.join(ATTEMPTS)})"
