@@ -357,6 +357,8 @@ def run_batch(sources: list[str], out_dir, *, workers: int | None = None,
             stop["flag"] = True
         return not stop["flag"]
 
+    # largest sources first: with several workers, a big model started last would finish last
+    todo.sort(key=lambda job: -_source_bytes(job["src"]))
     if todo:
         runner = RayExecutor(address, timeout, ray_cpus, ray_memory_mb) if executor == "ray" \
             else LocalExecutor(workers or os.cpu_count() or 1, timeout)
@@ -367,6 +369,13 @@ def run_batch(sources: list[str], out_dir, *, workers: int | None = None,
     result = BatchResult(records, skipped, str(out), round(time.perf_counter() - start, 2))
     write_summary(result)
     return result
+
+
+def _source_bytes(src: str) -> int:
+    path = Path(src)
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size if path.exists() else 0
 
 
 def _read_state(path: Path) -> dict | None:
