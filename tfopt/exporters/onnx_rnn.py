@@ -41,11 +41,17 @@ def _gru_roles(loop, constants: dict) -> dict | None:
     if kernel is None or kernel.ndim != 2 or kernel.shape[1] % 3:
         return None
     units = kernel.shape[1] // 3
-    recurrent = next((constants[outer[n]] for n in carried if outer.get(n) in constants
-                      and constants[outer[n]].shape == (units, 3 * units)), None)
     state_mm = next((n for n in body.node if n.op_type == "MatMul" and n.input[0] in carried
                      and n is not input_mm), None)
-    if recurrent is None or state_mm is None:
+    if state_mm is None:
+        return None
+    # R may be sliced first (reset_after=False takes its last third on its own)
+    producers = {o: n for n in body.node for o in n.output}
+    source = state_mm.input[1]
+    while source in producers and producers[source].op_type in ("Slice", "Identity"):
+        source = producers[source].input[0]
+    recurrent = constants.get(outer.get(source))
+    if recurrent is None or recurrent.shape != (units, 3 * units):
         return None
     biases = [constants.get(outer.get(name)) for name in carried]
     bias = next((b for b in biases if b is not None and b.shape in ((2, 3 * units),
