@@ -45,6 +45,14 @@ def reachable(graph_def, roots: Iterable[str]) -> set[str]:
     return seen
 
 
+def empty_like(graph_def):
+    """A GraphDef with the same versions and function library and no nodes."""
+    out = type(graph_def)()
+    out.versions.CopyFrom(graph_def.versions)
+    out.library.CopyFrom(graph_def.library)
+    return out
+
+
 def topological_order(graph_def) -> list:
     """Nodes with every producer before its readers (Kahn's algorithm, linear time).
 
@@ -74,9 +82,7 @@ def topological_order(graph_def) -> list:
 
 def keep_nodes(graph_def, keep: set[str]):
     """A copy of graph_def holding only the named nodes (the function library is kept)."""
-    out = type(graph_def)()
-    out.versions.CopyFrom(graph_def.versions)
-    out.library.CopyFrom(graph_def.library)
+    out = empty_like(graph_def)
     out.node.extend(n for n in graph_def.node if n.name in keep)
     return out
 
@@ -113,9 +119,7 @@ def bypass_nodes(graph_def, removed: dict[str, str | None]):
             ref = replacement
         return ref
 
-    out = type(graph_def)()
-    out.versions.CopyFrom(graph_def.versions)
-    out.library.CopyFrom(graph_def.library)
+    out = empty_like(graph_def)
     for node in graph_def.node:
         if node.name in removed:
             continue

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 
-from tfopt.graph import is_control, node_name, topological_order
+from tfopt.graph import empty_like, is_control, node_name, topological_order
 from tfopt.passes.base import PassContext, PassLog, register
 
 
@@ -62,9 +62,7 @@ def dedupe(graph_def, ctx: PassContext, log: PassLog):
     if not merged:
         return graph_def
     log.removed["duplicates"] += len(merged)
-    out = type(graph_def)()
-    out.versions.CopyFrom(graph_def.versions)
-    out.library.CopyFrom(graph_def.library)
+    out = empty_like(graph_def)
     for node in graph_def.node:
         if node.name in merged:
             continue

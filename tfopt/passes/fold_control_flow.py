@@ -10,7 +10,8 @@ only inside its loop optimizer, never folds an If, and reports neither.
 """
 from __future__ import annotations
 
-from tfopt.graph import add_const, const_value, is_control, node_name, topological_order
+from tfopt.graph import (add_const, const_value, empty_like, is_control, node_name,
+                         topological_order)
 from tfopt.passes.base import PassContext, PassLog, register
 
 SWITCH = frozenset({"Switch", "RefSwitch"})
@@ -105,9 +106,7 @@ def fold_control_flow(graph_def, ctx: PassContext, log: PassLog):
     log.removed["control_flow"] += len(folded) + len(calls)
     log.removed["dead_branches"] += len(dead)
 
-    out = type(graph_def)()
-    out.versions.CopyFrom(graph_def.versions)
-    out.library.CopyFrom(graph_def.library)
+    out = empty_like(graph_def)
     for node in graph_def.node:
         if node.name in dead or node.name in folded:
             continue
