@@ -207,3 +207,36 @@ def test_random_calibration_warns():
     with pytest.warns(UserWarning, match="random inputs"):
         feeds, _ = read_feeds("random", IMAGE)
     assert feeds and feeds[0]["image"].shape == (1, 8, 8, 1)
+
+
+def test_onnx_fp16_keeps_overflowing_nodes_in_fp32(tmp_path):
+    """A layer whose activations exceed fp16's 65504 on the calibration data stays fp32,
+    with its reader; the rest of the model is fp16."""
+    import keras
+    import onnx
+
+    import tfopt
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8,), name="x")
+    big = keras.layers.Dense(16, name="big")(inputs)
+    hidden = keras.layers.Dense(16, activation="relu", name="hidden")(inputs)
+    outputs = keras.layers.Dense(4, name="head")(keras.layers.Concatenate()([big, hidden]))
+    model = keras.Model(inputs, outputs)
+    weights, bias = model.get_layer("big").get_weights()
+    model.get_layer("big").set_weights([weights * 1e5, bias])
+    weights, bias = model.get_layer("head").get_weights()
+    weights[:16] *= 1e-5
+    model.get_layer("head").set_weights([weights, bias])
+    model.export(str(tmp_path / "model"), verbose=False)
+    np.savez(tmp_path / "cal.npz",
+             x=np.random.default_rng(0).standard_normal((32, 8)).astype(np.float32))
+    result = tfopt.freeze(tmp_path / "model", tmp_path / "out", targets=["onnx"],
+                          quantize="fp16", calibration=str(tmp_path / "cal.npz"))
+    artifact = result.artifact("onnx")
+    assert artifact.precision == "fp16" and artifact.parity.passed, artifact.parity
+    graph = onnx.load(artifact.path).graph
+    fp16 = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT16}
+    assert fp16, "the rest of the model is fp16"
+    big_weights = [i for i in graph.initializer if "big" in i.name]
+    assert big_weights and all(i.data_type == onnx.TensorProto.FLOAT for i in big_weights)

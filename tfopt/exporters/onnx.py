@@ -200,15 +200,56 @@ FP16_MAX = 65504.0
 
 def _fp16(proto, path: Path, options: ExportOptions) -> None:
     """fp16 weights and compute, fp32 inputs/outputs; nodes whose values overflow fp16 on the
-    calibration data (or that feed such values through) stay fp32."""
+    calibration data, and the nodes reading those values, stay fp32."""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    blocked = sorted(set(float_nodes(proto, options.float_layers))
-                     | set(_overflowing(proto, options.calibration)))
+    # an overflowing node's readers stay fp32 too: a Cast to fp16 before them would overflow
+    blocked = float_nodes(proto, set(options.float_layers)
+                          | set(_overflowing(proto, options.calibration)))
     converted = convert_float_to_float16(proto, keep_io_types=True,
                                          node_block_list=blocked or None)
-    onnx.save(converted, str(path))
+    onnx.save(_drop_cast_round_trips(converted), str(path))
+
+
+def _drop_cast_round_trips(proto):
+    """fp32 -> Cast(fp16) -> Cast(fp32) between two fp32 nodes becomes a plain edge.
+
+    onnxruntime's fp16 converter casts every blocked node's output to fp16 and back, so a
+    value that overflows fp16 overflows there even when both of its nodes stay fp32.
+    """
+    import onnx
+
+    graph = proto.graph
+    producer = {o: n for n in graph.node for o in n.output}
+
+    def cast_to(node) -> int | None:
+        return next((a.i for a in node.attribute if a.name == "to"), None) \
+            if node.op_type == "Cast" else None
+
+    outputs = {o.name for o in graph.output}
+    replace, dropped = {}, set()
+    for node in graph.node:
+        first = producer.get(node.input[0]) if node.op_type == "Cast" else None
+        if cast_to(node) == onnx.TensorProto.FLOAT and first is not None \
+                and cast_to(first) == onnx.TensorProto.FLOAT16:
+            if node.output[0] in outputs:  # a graph output keeps its producer
+                node.op_type = "Identity"
+                del node.attribute[:]
+                node.input[0] = first.input[0]
+                continue
+            replace[node.output[0]] = first.input[0]
+            dropped.add(id(node))
+    if not replace and not dropped:
+        return proto
+    kept = [n for n in graph.node if id(n) not in dropped]
+    for node in kept:
+        node.input[:] = [replace.get(i, i) for i in node.input]
+    used = {i for n in kept for i in n.input} | outputs
+    kept = [n for n in kept if n.op_type != "Cast" or any(o in used for o in n.output)]
+    del graph.node[:]
+    graph.node.extend(kept)
+    return proto
 
 
 def _overflowing(proto, feeds: list[dict] | None) -> list[str]:
