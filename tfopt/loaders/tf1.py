@@ -22,7 +22,6 @@ from tfopt.graph import consumers, is_control, node_name, reachable, rename_node
 from tfopt.loaders.base import Loaded, SourceInfo, graph_stats, name_signature, variable_stats
 from tfopt.model import Model, TensorSpec
 
-VARIABLE_OPS = frozenset({"VariableV2", "Variable", "VarHandleOp"})
 CONTROL_FLOW = frozenset({"Switch", "RefSwitch", "If", "StatelessIf"})
 _NOT_OUTPUTS = frozenset({"Const", "NoOp", "Placeholder", "PlaceholderWithDefault",
                           "VariableV2", "VarHandleOp", "VarIsInitializedOp", "Assert", "Switch",
