@@ -16,7 +16,6 @@ import json
 import math
 import os
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import zoo  # noqa: E402
+from tfopt.quantize import median_ms  # noqa: E402
 
 SAMPLES = ("keras_cnn", "lstm_gru")
 THREADS = 2
@@ -129,17 +129,6 @@ def tflite_runner(path: Path):
     return run
 
 
-def latency_ms(fn, runs: int) -> float:
-    for _ in range(3):
-        fn()
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1000)
-    return round(statistics.median(samples), 3)
-
-
 def onnx_leftovers(path: Path) -> int:
     """Mul/Add with one operand a Conv/MatMul/Gemm output and the other a constant."""
     import onnx
@@ -217,14 +206,14 @@ def measure(name: str, src: Path, params: int | None, runs: int) -> dict:
                     session = onnx_session(path)
                     feed = {session.get_inputs()[0].name: x}
                     out = session.run(None, feed)[0]
-                    info["latency_ms"] = latency_ms(lambda: session.run(None, feed), runs)
+                    info["latency_ms"] = median_ms(lambda: session.run(None, feed), runs)
                 else:
                     from tfopt.exporters.tflite import op_names
 
                     info["nodes"] = len(op_names(path))
                     run = tflite_runner(path)
                     out = run(x)
-                    info["latency_ms"] = latency_ms(lambda: run(x), runs)
+                    info["latency_ms"] = median_ms(lambda: run(x), runs)
                 info["max_abs_err"] = float(np.abs(out.astype(np.float64) - expected).max())
             except Exception as exc:  # a peer artifact that does not run is a result too
                 info["error"] = str(exc).splitlines()[0][:200]

@@ -12,10 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import digits  # noqa: E402
+from tfopt.quantize import median_ms  # noqa: E402
 
 MODES = ("none", "fp16", "dynamic", "int8", "int16x8")
 THREADS = 2
@@ -43,17 +42,6 @@ def runner(fmt: str, path: str):
     interpreter = tf.lite.Interpreter(model_path=path, num_threads=THREADS)
     run = interpreter.get_signature_runner()
     return lambda x: run(image=x)
-
-
-def latency_ms(fn, x: np.ndarray, runs: int) -> float:
-    for _ in range(10):
-        fn(x)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn(x)
-        times.append((time.perf_counter() - start) * 1000)
-    return round(statistics.median(times), 4)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
                        "error": artifact.error}
                 if artifact.status == "ok":
                     run = runner(artifact.format, artifact.path)
-                    row["latency_ms"] = latency_ms(run, x, args.runs)
-                    row["latency_b64_ms"] = latency_ms(run, batch, max(args.runs // 10, 20))
+                    row["latency_ms"] = median_ms(lambda: run(x), args.runs, warmup=10)
+                    row["latency_b64_ms"] = median_ms(lambda: run(batch),
+                                                      max(args.runs // 10, 20), warmup=10)
                 rows.append(row)
     fp32 = {r["target"]: r for r in rows if r["mode"] == "none"}
     for row in rows:

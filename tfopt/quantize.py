@@ -23,17 +23,23 @@ LATENCY_SLACK = 1.05  # "not slower than fp32" within the noise of a median on a
 LATENCY_RUNS = 20
 
 
+def median_ms(call, runs: int, warmup: int = 3) -> float:
+    """Median wall time of call() in milliseconds, after a few warm-up calls (also used by
+    the benchmark scripts, so that every latency figure is taken the same way)."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - start) * 1000)
+    return round(statistics.median(times), 4)
+
+
 def latency_ms(fmt: str, model: Model, path: Path, feed: dict) -> float:
     """Median wall time of one inference on one feed."""
     run = EXPORTERS[fmt].runner(path, model)
-    for _ in range(3):
-        run(feed)
-    times = []
-    for _ in range(LATENCY_RUNS):
-        start = time.perf_counter()
-        run(feed)
-        times.append((time.perf_counter() - start) * 1000)
-    return round(statistics.median(times), 4)
+    return median_ms(lambda: run(feed), LATENCY_RUNS)
 
 
 def choose_precision(fmt: str, model: Model, path: Path, options: ExportOptions,
