@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from pathlib import Path
 
-from tfopt.errors import EXIT_INTERNAL, EXIT_USAGE, TfoptError, UsageError, first_line
+from tfopt.errors import TfoptError, UsageError, first_line
 
 EXIT_SOME_FAILED = 5
 MANIFEST_SUFFIXES = (".jsonl", ".csv", ".toml")
@@ -506,7 +506,7 @@ def parser():
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tfopt.cli import fail
+    from tfopt.cli import guarded
     from tfopt.logs import quiet_libraries
 
     args = parser().parse_args(argv)
@@ -515,15 +515,13 @@ def main(argv: list[str] | None = None) -> int:
                                   ("quantize", args.quantize),
                                   ("calibration", args.calibration),
                                   ("signature", args.signature)) if v is not None}
-    try:
-        result = run_batch(args.sources, args.output, workers=args.workers,
-                           timeout=args.timeout, executor=args.executor,
-                           address=args.address, force=args.force, fail_fast=args.fail_fast,
-                           ray_cpus=args.ray_cpus, ray_memory_mb=args.ray_memory, **defaults)
-    except TfoptError as exc:
-        return fail(exc, args.debug, EXIT_USAGE, "error")
-    except Exception as exc:  # a bug: keep the one-line contract, traceback on --debug
-        return fail(exc, args.debug, EXIT_INTERNAL, "internal error")
+    result, code = guarded(lambda: run_batch(
+        args.sources, args.output, workers=args.workers, timeout=args.timeout,
+        executor=args.executor, address=args.address, force=args.force,
+        fail_fast=args.fail_fast, ray_cpus=args.ray_cpus, ray_memory_mb=args.ray_memory,
+        **defaults), args.debug)
+    if code is not None:
+        return code
     print(f"tfopt batch: {len(result.records)} models, {len(result.failed)} failed, "
           f"{len(result.skipped)} up to date -> {result.out_dir}/summary.md")
     return result.exit_code

@@ -97,27 +97,28 @@ def freeze_parser() -> argparse.ArgumentParser:
 def run_freeze(argv: list[str]) -> int:
     args = freeze_parser().parse_args(argv)
     quiet_libraries(args.debug)
-    try:
+
+    def convert():
         from tfopt.api import freeze
         from tfopt.loaders.tf1 import split_specs
 
-        result = freeze(args.src, args.output, targets=args.to.split(","),
-                        signature=args.signature,
-                        tags=args.tag.split(",") if args.tag else None,
-                        input_shapes=dict(args.input_shape), data=args.data,
-                        inputs=split_specs(args.inputs) if args.inputs else None,
-                        outputs=split_specs(args.outputs) if args.outputs else None,
-                        freeze_placeholders=dict(args.freeze_placeholder),
-                        samples=args.samples, atol=args.atol, rtol=args.rtol,
-                        opset=args.opset, overwrite=args.overwrite,
-                        quantize=args.quantize, calibration=args.calibration,
-                        eval_data=args.eval, mean=args.mean, scale=args.scale,
-                        int8_io=args.int8_io, max_drop=args.max_drop, objective=args.objective,
-                        min_cosine=args.min_cosine, min_agreement=args.min_agreement)
-    except TfoptError as exc:
-        return fail(exc, args.debug, exc.exit_code, "error")
-    except Exception as exc:  # a bug: keep the one-line contract, traceback on --debug
-        return fail(exc, args.debug, EXIT_INTERNAL, "internal error")
+        return freeze(args.src, args.output, targets=args.to.split(","),
+                      signature=args.signature,
+                      tags=args.tag.split(",") if args.tag else None,
+                      input_shapes=dict(args.input_shape), data=args.data,
+                      inputs=split_specs(args.inputs) if args.inputs else None,
+                      outputs=split_specs(args.outputs) if args.outputs else None,
+                      freeze_placeholders=dict(args.freeze_placeholder),
+                      samples=args.samples, atol=args.atol, rtol=args.rtol,
+                      opset=args.opset, overwrite=args.overwrite,
+                      quantize=args.quantize, calibration=args.calibration,
+                      eval_data=args.eval, mean=args.mean, scale=args.scale,
+                      int8_io=args.int8_io, max_drop=args.max_drop, objective=args.objective,
+                      min_cosine=args.min_cosine, min_agreement=args.min_agreement)
+
+    result, code = guarded(convert, args.debug)
+    if code is not None:
+        return code
     if args.json:
         print(result.to_json())
     elif not args.quiet:
@@ -129,6 +130,17 @@ def run_freeze(argv: list[str]) -> int:
         print(f"tfopt: {fmt} outputs differ from the original beyond tolerance; see "
               f"{result.out_dir}/report.json", file=sys.stderr)
     return result.exit_code
+
+
+def guarded(call, debug: bool):
+    """(call(), None), or (None, exit code) once a TfoptError or a bug is reported in one
+    line (traceback with --debug): the contract every command keeps."""
+    try:
+        return call(), None
+    except TfoptError as exc:
+        return None, fail(exc, debug, exc.exit_code, "error")
+    except Exception as exc:  # a bug: keep the one-line contract, traceback on --debug
+        return None, fail(exc, debug, EXIT_INTERNAL, "internal error")
 
 
 def fail(exc: BaseException, debug: bool, code: int, kind: str) -> int:

@@ -11,8 +11,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from tfopt.cli import fail, value_arg
-from tfopt.errors import EXIT_INTERNAL, TfoptError
+from tfopt.cli import guarded, value_arg
+from tfopt.errors import TfoptError
 
 EPILOG = "exit codes: 0 success; 1 internal error; 2 usage error or unreadable input"
 
@@ -147,19 +147,18 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser().parse_args(argv)
     quiet_libraries(args.debug)
-    try:
+    def describe():
         from tfopt.loaders.tf1 import split_specs
 
-        report = inspect(args.src, signature=args.signature,
-                         tags=args.tag.split(",") if args.tag else None,
-                         inputs=split_specs(args.inputs) if args.inputs else None,
-                         outputs=split_specs(args.outputs) if args.outputs else None,
-                         freeze_placeholders=dict(args.freeze_placeholder),
-                         opset=args.opset)
-    except TfoptError as exc:
-        return fail(exc, args.debug, exc.exit_code, "error")
-    except Exception as exc:  # a bug: keep the one-line contract, traceback on --debug
-        return fail(exc, args.debug, EXIT_INTERNAL, "internal error")
+        return inspect(args.src, signature=args.signature,
+                       tags=args.tag.split(",") if args.tag else None,
+                       inputs=split_specs(args.inputs) if args.inputs else None,
+                       outputs=split_specs(args.outputs) if args.outputs else None,
+                       freeze_placeholders=dict(args.freeze_placeholder), opset=args.opset)
+
+    report, code = guarded(describe, args.debug)
+    if code is not None:
+        return code
     print(json.dumps(report, indent=2, default=str) if args.json else text(report))
     return 0
 
