@@ -1,10 +1,10 @@
-"""Convert many models: a thin shell over tfopt.batch (the same as `tfopt batch`).
+"""Convert many models: the same as `tfopt batch`.
 
     python scripts/batch_convert.py models/ -o out/ [--workers 2] [--timeout 600]
 """
 import sys
 
-from tfopt.batch import main
+from tfopt.commands import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["batch"] + sys.argv[1:]))

@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import zoo  # noqa: E402
+
 from tfopt.quantize import median_ms  # noqa: E402
 
 SAMPLES = ("keras_cnn", "lstm_gru")
@@ -206,14 +207,15 @@ def measure(name: str, src: Path, params: int | None, runs: int) -> dict:
                     session = onnx_session(path)
                     feed = {session.get_inputs()[0].name: x}
                     out = session.run(None, feed)[0]
-                    info["latency_ms"] = median_ms(lambda: session.run(None, feed), runs)
+                    info["latency_ms"] = median_ms(
+                        lambda session=session, feed=feed: session.run(None, feed), runs)
                 else:
                     from tfopt.exporters.tflite import op_names
 
                     info["nodes"] = len(op_names(path))
                     run = tflite_runner(path)
                     out = run(x)
-                    info["latency_ms"] = median_ms(lambda: run(x), runs)
+                    info["latency_ms"] = median_ms(lambda run=run, x=x: run(x), runs)
                 info["max_abs_err"] = float(np.abs(out.astype(np.float64) - expected).max())
             except Exception as exc:  # a peer artifact that does not run is a result too
                 info["error"] = str(exc).splitlines()[0][:200]

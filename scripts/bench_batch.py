@@ -39,7 +39,6 @@ SMALL = {
 
 def build_models(directory: Path) -> list[Path]:
     import keras
-
     from zoo import randomize
 
     paths = [ROOT / "saved_models" / name for name in SAMPLES]

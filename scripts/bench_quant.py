@@ -21,8 +21,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import digits  # noqa: E402
-from tfopt.quantize import median_ms  # noqa: E402
+import digits
+
+from tfopt.quantize import median_ms
 
 MODES = ("none", "fp16", "dynamic", "int8", "int16x8")
 THREADS = 2
@@ -70,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
                        "error": artifact.error}
                 if artifact.status == "ok":
                     run = runner(artifact.format, artifact.path)
-                    row["latency_ms"] = median_ms(lambda: run(x), args.runs, warmup=10)
-                    row["latency_b64_ms"] = median_ms(lambda: run(batch),
+                    row["latency_ms"] = median_ms(lambda run=run: run(x), args.runs, warmup=10)
+                    row["latency_b64_ms"] = median_ms(lambda run=run: run(batch),
                                                       max(args.runs // 10, 20), warmup=10)
                 rows.append(row)
     fp32 = {r["target"]: r for r in rows if r["mode"] == "none"}
@@ -91,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['bytes'] or 0:>9}{r.get('bytes_vs_fp32', '-'):>8}"
               f"{r.get('latency_ms', '-'):>9}{r.get('latency_vs_fp32', '-'):>8}"
               f"{r.get('latency_b64_ms', '-'):>9}{r.get('latency_b64_vs_fp32', '-'):>8}  "
-              f"{'within' if r['within_budget'] else 'OVER'}{' ' + r['error'] if r['error'] else ''}")
+              f"{'within' if r['within_budget'] else 'OVER'}"
+              f"{' ' + r['error'] if r['error'] else ''}")
     Path(args.out).write_text(json.dumps({"keras_accuracy": info["accuracy"], "rows": rows},
                                          indent=2))
     print(f"wrote {args.out}")

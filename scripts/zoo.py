@@ -36,8 +36,9 @@ def randomize(model, seed: int = 0) -> None:
                 weight.assign(rng.normal(0, 0.1, weight.shape).astype(weight.dtype))
             elif "gamma" in name:
                 weight.assign(rng.uniform(0.8, 1.2, weight.shape).astype(weight.dtype))
-    norms = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
-    momenta = [l.momentum for l in norms]
+    norms = [layer for layer in model.layers
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    momenta = [layer.momentum for layer in norms]
     for layer in norms:
         layer.momentum = 0.0  # the next training-mode call sets the moving stats to batch stats
     shape = (8,) + tuple(model.inputs[0].shape[1:])

@@ -1,14 +1,13 @@
 """Shared fixtures: conversions are done once per session, since each costs seconds."""
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import pytest  # noqa: E402
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "saved_models"
@@ -19,12 +18,9 @@ from zoo import randomize  # noqa: E402  (the bench zoo's weights, shared with t
 
 def tree_digest(path: Path) -> str:
     """A hash of every file's name and bytes under path: proof the source was not modified."""
-    digest = hashlib.sha256()
-    for file in sorted(p for p in Path(path).rglob("*") if p.is_file()) if Path(path).is_dir() \
-            else [Path(path)]:
-        digest.update(str(file.relative_to(path) if Path(path).is_dir() else file.name).encode())
-        digest.update(file.read_bytes())
-    return digest.hexdigest()
+    from tfopt.files import tree_digest as digest
+
+    return digest(path)
 
 
 @pytest.fixture(scope="session")

@@ -5,9 +5,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import SAMPLES, tree_digest
-from tfopt.cli import main
+
+from tfopt.commands import main
 
 
 def copy_sample(tmp_path: Path, name: str = "debug_module") -> Path:
@@ -59,7 +59,8 @@ CASES = [
     ("truncated_variables_data", truncate_variables_data, [], "cannot load .*src"),
     ("unknown_signature", lambda src: None, ["--signature", "nope"],
      "signature 'nope' not found.*available: serving_default, train"),
-    ("unknown_tag", lambda src: None, ["--tag", "gpu"], "tag set 'gpu' not found.*available: serve"),
+    ("unknown_tag", lambda src: None, ["--tag", "gpu"],
+     "tag set 'gpu' not found.*available: serve"),
     ("unknown_target", lambda src: None, ["--to", "onnx,coreml"], "unknown target 'coreml'"),
 ]
 

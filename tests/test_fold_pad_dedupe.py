@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from test_passes import build, run_graph
+
 from tfopt.passes import REGISTRY, PassContext, PassLog
 from tfopt.passes.fold_pad import same_pads
 
@@ -88,5 +88,5 @@ def test_dedupe_never_merges_random_ops():
         tf.identity(x + tf.random.uniform([2]) + tf.random.uniform([2]), name="y")
 
     before = build(graph)
-    after, log = run_pass("dedupe", before)
+    after, _log = run_pass("dedupe", before)
     assert [n.op for n in after.node].count("RandomUniform") == 2

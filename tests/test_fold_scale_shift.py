@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
-
-from tfopt.passes import PassContext, PassLog, REGISTRY
 from test_passes import build, run_graph
+
+from tfopt.passes import REGISTRY, PassContext, PassLog
 
 RNG = np.random.default_rng(0)
 
@@ -106,7 +106,7 @@ def test_scale_shift_chain_with_sub_div_and_constant_first():
     before, after, log = fold(graph)
     ops = [n.op for n in after.node]
     assert ops.count("BiasAdd") == 1 and not {"Mul", "Sub", "RealDiv"} & set(ops)
-    assert [c["pattern"] for c in log.changes][0] == "Conv2D+Mul"
+    assert next(c["pattern"] for c in log.changes) == "Conv2D+Mul"
     assert_same_outputs(before, after)
 
 
@@ -128,7 +128,7 @@ def test_non_constant_weights_are_skipped():
         w = tf.compat.v1.placeholder_with_default(const(3, 3, 2, 4), [3, 3, 2, 4])
         tf.identity(tf.nn.conv2d(x, w, 1, "SAME") * positive(4), name="y")
 
-    before, after, log = fold(graph)
+    _before, after, log = fold(graph)
     assert "Mul" in [n.op for n in after.node]
     assert any("not constant" in s["reason"] for s in log.skipped)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from test_passes import build, run_graph
+
 from tfopt.errors import InputError
 from tfopt.passes import REGISTRY, PassContext, PassLog
 

@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from tfopt.graph import bypass_nodes
 from tfopt.model import Model, TensorSpec
-from tfopt.passes import PassContext, PassLog, REGISTRY, run_pipeline
+from tfopt.passes import REGISTRY, PassContext, PassLog, run_pipeline
 
 
 def build(fn):

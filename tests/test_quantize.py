@@ -6,11 +6,11 @@ import json
 import sys
 from pathlib import Path
 
+import digits
 import numpy as np
 import pytest
 
-import digits
-from tfopt.cli import main
+from tfopt.commands import main
 from tfopt.data import read_feeds
 from tfopt.errors import UsageError
 from tfopt.model import TensorSpec
@@ -132,7 +132,7 @@ def test_auto_keeps_the_outlier_layer_in_float(tmp_path):
         assert {t["precision"] for t in artifact.auto["tried"]} >= {"fp32", "int8", "fp16",
                                                                    "dynamic-int8"}
     tflite = auto.artifact("tflite")  # int16x8 runs 2x slower than fp32 here: not chosen
-    assert tflite.precision == "int8" and any("/bad" in l for l in tflite.float_layers)
+    assert tflite.precision == "int8" and any("/bad" in name for name in tflite.float_layers)
     report = json.loads((tmp_path / "auto" / "report.json").read_text())
     assert report["artifacts"][0]["auto"]["chosen"] == "int8"
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import SAMPLES, tree_digest
 
 TARGETS = ["onnx", "tflite", "pb", "saved_model"]
@@ -90,7 +89,7 @@ def test_training_signature_is_refused_with_a_hint(tmp_path):
     import tfopt
     from tfopt.errors import InputError
 
-    with pytest.raises(InputError, match="signature 'train' updates variables.*--signature"):
+    with pytest.raises(InputError, match=r"signature 'train' updates variables.*--signature"):
         tfopt.freeze(SAMPLES / "debug_module", tmp_path / "out", signature="train")
     assert not (tmp_path / "out").exists()
 
@@ -128,7 +127,7 @@ def test_pads_fold_into_convs_for_every_target(freeze_once, mobilenet_v2):
     assert "Pad" not in onnx_artifact.ops
     steps = {s["step"]: s for s in onnx_artifact.steps}
     assert set(steps) == {"tf2onnx", "gru", "onnxoptimizer", "onnxslim", "gemm",
-                          "hard_activations"}
+                          "hard_activations", "compact_names"}
     assert all("error" not in s for s in steps.values()), steps
     assert steps["hard_activations"]["nodes"] == onnx_artifact.nodes < steps["tf2onnx"]["nodes"]
     assert "Gemm" in onnx_artifact.ops and "MatMul" not in onnx_artifact.ops  # the Dense head
@@ -225,7 +224,7 @@ def test_a_failing_onnx_post_optimizer_is_skipped_and_reported(monkeypatch):
     import onnx
     from onnx import helper
 
-    from tfopt.exporters import onnx as onnx_exporter
+    from tfopt.exporters.onnx.rewrites import REWRITES, OnnxRewrite, run_rewrites
 
     x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])
     y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])
@@ -233,22 +232,20 @@ def test_a_failing_onnx_post_optimizer_is_skipped_and_reported(monkeypatch):
     model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]),
                               opset_imports=[helper.make_opsetid("", 17)])
 
-    def broken(proto):
+    def broken(proto, log):
         raise RuntimeError("optimizer bug")
 
-    def invalid(proto):  # drops the node that produces the output: the checker refuses it
-        out = onnx.ModelProto()
-        out.CopyFrom(proto)
-        del out.graph.node[1]
-        return out
+    def invalid(proto, log):  # drops the node that produces the output: the checker refuses it
+        del proto.graph.node[1]
+        return proto
 
-    monkeypatch.setattr(onnx_exporter, "POST_OPTIMIZERS", (
-        ("broken", broken), ("invalid", invalid),
-        ("onnxoptimizer", onnx_exporter._onnxoptimizer)))
-    optimized, steps = onnx_exporter.post_optimize(model)
-    assert steps[1] == {"step": "broken", "error": "optimizer bug"}
-    assert steps[2]["step"] == "invalid" and "error" in steps[2]
-    assert steps[3] == {"step": "onnxoptimizer", "nodes": 1}  # the Identity is gone
+    monkeypatch.setitem(REWRITES, "broken", OnnxRewrite("broken", broken))
+    monkeypatch.setitem(REWRITES, "invalid", OnnxRewrite("invalid", invalid))
+    optimized, steps = run_rewrites(model, ["broken", "invalid", "onnxoptimizer"])
+    assert steps[0] == {"step": "broken", "error": "optimizer bug"}
+    assert steps[1]["step"] == "invalid" and "error" in steps[1]
+    assert (steps[2]["step"], steps[2]["nodes"]) == ("onnxoptimizer", 1)  # the Identity is gone
+    assert steps[2]["changes"] == [{"action": "removed", "op": "Identity", "count": 1}]
     assert [n.op_type for n in optimized.graph.node] == ["Relu"]
 
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import tf1_models
 from conftest import tree_digest
+
 from tfopt.categories import classify
-from tfopt.cli import main
+from tfopt.commands import main
 from tfopt.errors import InputError, UsageError
 
 REMOVED_OPS = {"Switch", "RefSwitch", "Merge", "RefMerge", "If", "StatelessIf", "RandomUniform",
@@ -35,7 +35,7 @@ def built(tmp_path_factory):
         meta = tf1_models.save_checkpoint(graph, session, handles, root / f"{key}_ckpt" / "model")
         models[key] = (graph, session, handles, saved, meta)
     yield models
-    for graph, session, *_ in models.values():
+    for _, session, *_ in models.values():
         session.close()
 
 
@@ -61,7 +61,7 @@ def pb_ops(path: str) -> set[str]:
 
 @pytest.mark.parametrize("key", ["v1", "v2"])
 def test_training_saved_model_converts_to_every_target(built, freeze_once, key):
-    graph, session, handles, saved, _ = built[key]
+    _graph, session, handles, saved, _ = built[key]
     digest = tree_digest(saved)
     result = freeze_once(f"tf1_{key}", saved)
     assert result.exit_code == 0, result.summary()
@@ -99,7 +99,7 @@ def test_bool_placeholder_needs_freeze_placeholder(built, tmp_path, capsys):
 def test_freeze_placeholder_sets_the_training_flag(built, tmp_path):
     import tfopt
 
-    graph, session, handles, saved, _ = built["placeholder"]
+    _graph, session, handles, saved, _ = built["placeholder"]
     result = tfopt.freeze(saved, tmp_path / "out", targets=["pb"],
                           freeze_placeholders={"is_training": "false"})
     assert result.exit_code == 0
@@ -121,7 +121,7 @@ def _model(result):
 def test_training_mode_batch_norm_and_dropout_become_inference_ops(built, freeze_once):
     import tensorflow as tf
 
-    graph, session, handles, saved, _ = built["hardwired"]
+    graph, session, _handles, saved, _ = built["hardwired"]
     result = freeze_once("tf1_hardwired", saved, targets=["pb", "onnx"])
     assert result.exit_code == 0
     rewrite = next(p for p in result.passes if p.name == "training_batch_norm")
@@ -163,7 +163,7 @@ def test_training_batch_norm_without_moving_statistics_is_refused(tmp_path):
 
 
 def test_checkpoint_converts_with_outputs(built, freeze_once, tmp_path, capsys):
-    graph, session, handles, _, meta = built["v1"]
+    _graph, session, handles, _, meta = built["v1"]
     code = main([str(meta), "-o", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2 and "--outputs" in err and "probs, loss" in err
@@ -216,7 +216,7 @@ def _conv_same(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
 
 
 def test_inspect_lists_io_and_training_ops(built, iterator_pb):
-    from tfopt.inspect import inspect
+    from tfopt.inspection import inspect
 
     saved, meta = built["v1"][3], built["v1"][4]
     report = inspect(saved)
@@ -243,7 +243,7 @@ def test_inspect_lists_io_and_training_ops(built, iterator_pb):
 
 def test_inspect_cli_json(built):
     meta = built["v2"][4]
-    done = subprocess.run([sys.executable, "-m", "tfopt.inspect", str(meta), "--json",
+    done = subprocess.run([sys.executable, "-m", "tfopt", "inspect", str(meta), "--json",
                            "--outputs", "probs"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
@@ -255,7 +255,7 @@ def test_inspect_cli_json(built):
 def test_inspect_names_ops_a_target_cannot_express(tmp_path):
     import tensorflow as tf
 
-    from tfopt.inspect import inspect
+    from tfopt.inspection import inspect
 
     graph = tf.Graph()
     with graph.as_default():

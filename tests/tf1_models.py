@@ -110,9 +110,7 @@ def build_training_graph(control_flow: str = "v2", switch: str = "default",
             for _ in range(5):
                 feed = {x: rng.standard_normal((16,) + SHAPE).astype(np.float32),
                         labels: rng.integers(0, CLASSES, 16)}
-                if switch == "placeholder":
-                    feed[training] = True
-                elif switch == "default":
+                if switch == "placeholder" or switch == "default":
                     feed[training] = True
                 session.run([train_op, summaries], feed)
     finally:

@@ -6,7 +6,7 @@
 """
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "freeze", "FreezeResult"]
+__all__ = ["FreezeOptions", "FreezeResult", "__version__", "freeze"]
 
 
 def __getattr__(name):
@@ -14,6 +14,9 @@ def __getattr__(name):
     if name == "freeze":
         from tfopt.api import freeze
         return freeze
+    if name == "FreezeOptions":
+        from tfopt.options import FreezeOptions
+        return FreezeOptions
     if name == "FreezeResult":
         from tfopt.report import FreezeResult
         return FreezeResult

@@ -1,6 +1,6 @@
 """`python -m tfopt`: the same command line as the `tfopt` script."""
 import sys
 
-from tfopt.cli import main
+from tfopt.commands import main
 
 sys.exit(main())

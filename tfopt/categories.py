@@ -42,7 +42,7 @@ def is_input_pipeline_op(op: str) -> bool:
 
 
 def is_summary_op(op: str) -> bool:
-    return op in SUMMARY_OPS or op.endswith("Summary") or op.endswith("SummaryV2")
+    return op in SUMMARY_OPS or op.endswith(("Summary", "SummaryV2"))
 
 
 def classify(node) -> str | None:

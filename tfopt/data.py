@@ -10,8 +10,8 @@ from __future__ import annotations
 import importlib
 import sys
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
@@ -85,7 +85,7 @@ def check_feed(feed: dict, inputs: list[TensorSpec], flag: str) -> None:
         value = np.asarray(feed[spec.name])
         if not spec.accepts(value.shape):
             raise UsageError(f"{flag} '{spec.name}' has shape {list(value.shape)} per sample; "
-                             f"the input takes {list(spec.shape)}")
+                             f"the input takes {spec.to_dict()['shape']}")
         kind = np.dtype(spec.dtype).kind
         if value.dtype.kind != kind and not (kind == "f" and value.dtype.kind in "iu"):
             raise UsageError(f"{flag} '{spec.name}' has dtype {value.dtype}; the input takes "

@@ -6,7 +6,7 @@ module itself forwards calls to tfopt.api.freeze.
 import sys
 import types
 
-from tfopt.cli import run_freeze
+from tfopt.commands import main
 
 
 class _CallableModule(types.ModuleType):
@@ -18,4 +18,4 @@ class _CallableModule(types.ModuleType):
 sys.modules[__name__].__class__ = _CallableModule
 
 if __name__ == "__main__":
-    sys.exit(run_freeze(sys.argv[1:]))
+    sys.exit(main(["freeze"] + sys.argv[1:]))

@@ -5,7 +5,7 @@ Everything here is linear in the graph size; passes build on it.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from typing import Iterable
+from collections.abc import Iterable
 
 
 def node_name(ref: str) -> str:
@@ -43,6 +43,26 @@ def reachable(graph_def, roots: Iterable[str]) -> set[str]:
         seen.add(name)
         stack.extend(node_name(ref) for ref in by_name[name].input if node_name(ref) in by_name)
     return seen
+
+
+# ops whose output 0 is their input 0, unchanged
+FORWARDING_OPS = frozenset({"Identity", "RefIdentity", "Snapshot", "StopGradient",
+                            "PreventGradient"})
+
+
+NORM_OPS = frozenset({"FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3"})
+
+
+def copy_graph(graph_def):
+    """A deep copy of a GraphDef (passes never mutate their input)."""
+    out = type(graph_def)()
+    out.CopyFrom(graph_def)
+    return out
+
+
+def channels_first(node) -> bool:
+    """Whether a conv or pooling node computes in NCHW / NCDHW."""
+    return "data_format" in node.attr and node.attr["data_format"].s.startswith(b"NC")
 
 
 def empty_like(graph_def):
@@ -205,8 +225,7 @@ def constant_bytes(graph_def) -> int:
 def rename_functions(graph_def, suffix: str):
     """A copy whose library functions all carry `suffix`, so that it can be imported into a
     context that already holds differently-optimized functions of the same names."""
-    out = type(graph_def)()
-    out.CopyFrom(graph_def)
+    out = copy_graph(graph_def)
     names = {f.signature.name: f.signature.name + suffix for f in out.library.function}
     if not names:
         return out

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
+
+from tfopt.graph import copy_graph
 
 
 @dataclass(frozen=True)
@@ -44,19 +47,18 @@ class Model:
     signature's keys, so every exporter can keep the user's names.
     """
 
-    graph_def: object  # tf.compat.v1.GraphDef
+    graph_def: Any  # tf.compat.v1.GraphDef
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     signature: str = "serving_default"
     meta: dict = field(default_factory=dict)
 
-    def with_graph(self, graph_def) -> "Model":
+    def with_graph(self, graph_def) -> Model:
         return replace(self, graph_def=graph_def)
 
-    def with_input_shapes(self, shapes: dict[str, tuple[int, ...]]) -> "Model":
+    def with_input_shapes(self, shapes: dict[str, tuple[int, ...]]) -> Model:
         """A copy whose named inputs have these static shapes, in the graph and the signature."""
-        graph_def = type(self.graph_def)()
-        graph_def.CopyFrom(self.graph_def)
+        graph_def = copy_graph(self.graph_def)
         for node in graph_def.node:
             if node.name in shapes and node.op == "Placeholder":
                 node.attr["shape"].shape.Clear()

@@ -65,7 +65,7 @@ def choose_precision(fmt: str, model: Model, path: Path, options: ExportOptions,
             if mode in ("int8", "int16x8") and not calibrated:
                 continue
             report = attempt(mode, mode)
-            if mode == "int8" and report.status == "ok" and not report.parity.passed:
+            if mode == "int8" and report.parity is not None and not report.parity.passed:
                 _with_float_layers(model, options, attempt)
         chosen = _choose(tried, baseline, objective)
         summary = [{"precision": r.precision, "float_layers": list(r.float_layers),
@@ -100,7 +100,8 @@ def _choose(tried, baseline: ArtifactReport, objective: str):
 
 def _with_float_layers(model: Model, options: ExportOptions, attempt) -> None:
     """Retry int8 keeping the 1, 2, 4, 8 layers that int8 hurts most in float."""
-    ranked = [name for name, _ in sorted(layer_sensitivity(model, options.calibration).items(),
+    ranked = [name for name, _ in sorted(layer_sensitivity(model,
+                                                           options.calibration or []).items(),
                                          key=lambda kv: -kv[1])]
     for count in FALLBACK_LAYERS:
         if count > len(ranked):
@@ -111,7 +112,7 @@ def _with_float_layers(model: Model, options: ExportOptions, attempt) -> None:
 
 
 # ops whose output is their input rearranged: quantizing them adds no error of their own
-_PASSTHROUGH = frozenset({"Const", "Placeholder", "Identity", "Reshape", "Squeeze", "ExpandDims",
+_LAYOUT_OPS = frozenset({"Const", "Placeholder", "Identity", "Reshape", "Squeeze", "ExpandDims",
                           "Shape", "StridedSlice", "Pack", "Transpose", "ConcatV2", "MaxPool"})
 SENSITIVITY_SAMPLES = 16
 
@@ -131,7 +132,7 @@ def layer_sensitivity(model: Model, feeds: list[dict]) -> dict[str, float]:
     with graph.as_default():
         tf.compat.v1.import_graph_def(model.graph_def, name="")
     tensors = [op.outputs[0] for op in graph.get_operations()
-               if op.type not in _PASSTHROUGH and op.outputs
+               if op.type not in _LAYOUT_OPS and op.outputs
                and op.outputs[0].dtype == tf.float32 and op.name not in
                {t.name for t in model.inputs}]
     values: dict[str, list] = {t.op.name: [] for t in tensors}

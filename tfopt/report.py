@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from tfopt.errors import EXIT_OK, EXIT_PARITY, EXIT_TARGET_FAILED
 from tfopt.loaders import SourceInfo
@@ -113,7 +114,8 @@ class FreezeResult:
             f"  source  {src.nodes:>7} nodes  {src.variables} variables "
             f"({_size(src.variable_bytes)}; optimizer state {src.optimizer_variables} "
             f"variables, {_size(src.optimizer_variable_bytes)})",
-            f"  frozen  {self.frozen.nodes:>7} nodes  constants {_size(self.frozen.constant_bytes)}",
+            f"  frozen  {self.frozen.nodes:>7} nodes  "
+            f"constants {_size(self.frozen.constant_bytes)}",
             "  inputs  " + ", ".join(_spec(t) for t in self.inputs),
             "  outputs " + ", ".join(_spec(t) for t in self.outputs),
             "  removed " + (", ".join(f"{k} {v}" for k, v in self.removed.items() if v) or "none"),
@@ -131,7 +133,8 @@ class FreezeResult:
             verdict = ("pass" if parity.passed else "FAIL") if parity else "-"
             note = a.error or (f"fallback {a.fallback}" if a.fallback else "")
             lines.append(f"  {a.format:<12}{a.status:<8}{_size(a.bytes):>10}"
-                         f"{a.nodes if a.nodes is not None else '-':>7}{err:>13}{verdict:>8}  {note}")
+                         f"{a.nodes if a.nodes is not None else '-':>7}{err:>13}"
+                         f"{verdict:>8}  {note}")
         return "\n".join(lines)
 
 
@@ -141,7 +144,7 @@ def _spec(t: TensorSpec) -> str:
     return f"{t.name} {t.dtype}{shape}"
 
 
-def _size(n: int | None) -> str:
+def _size(n: float | None) -> str:
     if n is None:
         return "-"
     for unit in ("B", "KB", "MB"):
@@ -151,7 +154,7 @@ def _size(n: int | None) -> str:
     return f"{n:.1f} GB"
 
 
-def _strict(value):
+def _strict(value: Any) -> Any:
     # JSON has no Infinity or NaN; write them as strings
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)

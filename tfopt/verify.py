@@ -139,7 +139,8 @@ def compare(expected: list[dict], actual: list[dict], atol: float, rtol: float,
         parity.accuracy = top1_accuracy(actual, labels)
     if budget is not None:
         shapes_ok = all("reason" not in o for o in outputs.values())
-        parity.passed = shapes_ok and bool(values) and parity.cosine >= budget.min_cosine and (
+        parity.passed = shapes_ok and bool(values) and parity.cosine is not None \
+            and parity.cosine >= budget.min_cosine and (
             parity.top1_agreement is None or parity.top1_agreement >= budget.min_agreement) and (
             parity.accuracy is None or reference_accuracy is None
             or reference_accuracy - parity.accuracy <= budget.max_drop)

@@ -1,12 +1,22 @@
-"""Exporters, one per target, keyed by format name.
+"""Exporters, one per target, keyed by format name; each satisfies `base.Exporter`."""
+from __future__ import annotations
 
-Each module has FORMAT, FILENAME, export(model, path, options), describe(path, model) -> op
-histogram, runner(path, model) -> a callable from a feed dict to the outputs, and
-unsupported_ops(model, options) -> the graph's op types the target cannot express.
-"""
+from dataclasses import replace
+
 from tfopt.exporters import onnx, pb, saved_model, tflite
-from tfopt.exporters.base import Exported, ExportOptions
+from tfopt.exporters.base import Exported, Exporter, ExportOptions
+from tfopt.model import Model
+from tfopt.passes import PassReport, run_pipeline
 
-EXPORTERS = {module.FORMAT: module for module in (onnx, tflite, pb, saved_model)}
+EXPORTERS: dict[str, Exporter] = {module.FORMAT: module
+                                  for module in (onnx, tflite, pb, saved_model)}
 
-__all__ = ["EXPORTERS", "ExportOptions", "Exported"]
+
+def prepare(fmt: str, model: Model) -> tuple[Model, list[PassReport]]:
+    """The frozen model as one target needs it: its exporter's PREPARE passes, whose reports
+    name the target."""
+    prepared, reports = run_pipeline(model, list(EXPORTERS[fmt].PREPARE))
+    return prepared, [replace(r, target=fmt) for r in reports]
+
+
+__all__ = ["EXPORTERS", "ExportOptions", "Exported", "Exporter", "prepare"]

@@ -1,8 +1,12 @@
-"""What exporters share: the export result type and the frozen graph as a named TF function."""
+"""What exporters share: the Exporter protocol, the export options and result, and the
+frozen graph as a named TF function."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
 
 from tfopt.graph import rename_functions
 from tfopt.model import Model
@@ -12,6 +16,9 @@ _CALLS = itertools.count()
 
 QUANTIZE_MODES = ("none", "fp16", "dynamic", "int8", "int16x8")
 CALIBRATED = ("int8", "int16x8")  # modes that need calibration data
+# the precision an artifact has after each --quantize mode
+PRECISION = {"none": "fp32", "fp16": "fp16", "dynamic": "dynamic-int8", "int8": "int8",
+             "int16x8": "int16x8"}
 
 
 @dataclass
@@ -30,6 +37,23 @@ class Exported:
     attempts: list[dict] = field(default_factory=list)  # every try, with its error
     steps: list[dict] = field(default_factory=list)  # post-optimizations, nodes after each
     recurrent: list[dict] = field(default_factory=list)  # per recurrent layer: how converted
+
+
+class Exporter(Protocol):
+    """One target: a module in tfopt/exporters/ (or package, like onnx/) with these names."""
+
+    FORMAT: str  # the target name (--to)
+    FILENAME: str  # the artifact's name in OUT
+    MODES: frozenset[str]  # the --quantize modes it implements ("none" at least)
+    PREPARE: tuple[str, ...]  # TF passes run on the exporter's own copy of the frozen graph
+
+    def export(self, model: Model, path: Path, options: ExportOptions) -> Exported: ...
+
+    def describe(self, path: Path, model: Model) -> dict[str, int]: ...  # op histogram
+
+    def runner(self, path: Path, model: Model) -> Callable[[dict], dict]: ...
+
+    def unsupported_ops(self, model: Model, options: ExportOptions) -> list[str]: ...
 
 
 def serving_function(model: Model):

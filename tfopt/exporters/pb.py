@@ -10,6 +10,7 @@ from tfopt.model import Model
 FORMAT = "pb"
 FILENAME = "model.pb"
 MODES = frozenset({"none"})
+PREPARE: tuple[str, ...] = ()
 
 
 def export(model: Model, path: Path, options: ExportOptions) -> Exported:

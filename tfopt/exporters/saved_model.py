@@ -11,6 +11,7 @@ from tfopt.model import Model
 FORMAT = "saved_model"
 FILENAME = "saved_model"
 MODES = frozenset({"none"})
+PREPARE: tuple[str, ...] = ()
 
 
 def export(model: Model, path: Path, options: ExportOptions) -> Exported:

@@ -1,4 +1,5 @@
-"""TFLite flatbuffer (`model.tflite`) via the TFLite converter, with fallbacks, run back in tf.lite.Interpreter."""
+"""TFLite flatbuffer (`model.tflite`) via the TFLite converter, with fallbacks, run back in
+tf.lite.Interpreter."""
 from __future__ import annotations
 
 import re
@@ -7,8 +8,14 @@ import warnings
 from pathlib import Path
 
 from tfopt.errors import ConversionError
-from tfopt.exporters.base import (Exported, ExportOptions, recurrent_layers,
-                                  save_inference_model)
+from tfopt.exporters.base import (
+    PRECISION,
+    QUANTIZE_MODES,
+    Exported,
+    ExportOptions,
+    recurrent_layers,
+    save_inference_model,
+)
 from tfopt.logs import native_stderr_silenced
 from tfopt.model import Model
 
@@ -22,14 +29,13 @@ ATTEMPTS = ("none", "batch_1", "select_tf_ops")
 
 
 def _batch_one(model: Model) -> Model | None:
-    shapes = {t.name: (1,) + tuple(t.shape[1:]) for t in model.inputs
-              if t.shape and t.shape[0] is None}
+    shapes: dict[str, tuple] = {t.name: (1, *t.shape[1:]) for t in model.inputs
+                                if t.shape and t.shape[0] is None}
     return model.with_input_shapes(shapes) if shapes else None
 
 
-MODES = frozenset({"none", "fp16", "dynamic", "int8", "int16x8"})
-PRECISION = {"none": "fp32", "fp16": "fp16", "dynamic": "dynamic-int8", "int8": "int8",
-             "int16x8": "int16x8"}
+MODES = frozenset(QUANTIZE_MODES)
+PREPARE: tuple[str, ...] = ()
 
 
 RECURRENT = {
@@ -66,7 +72,7 @@ def _quantization(converter, options: ExportOptions) -> None:
         return
     if options.quantize == "dynamic":
         return
-    feeds = options.calibration
+    feeds = options.calibration or []
     converter.representative_dataset = lambda: (dict(feed) for feed in feeds)
     if options.quantize == "int16x8":
         converter.target_spec.supported_ops = [
@@ -87,7 +93,7 @@ def float_layer_model(saved_model_dir: str, signature: str, options: ExportOptio
     debug_options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=denylist)
     debugger = tf.lite.experimental.QuantizationDebugger(
         converter=_converter(saved_model_dir, signature, "none", options),
-        debug_dataset=lambda: (dict(f) for f in options.calibration),
+        debug_dataset=lambda: (dict(f) for f in options.calibration or []),
         debug_options=debug_options)
     return debugger.get_nondebug_quantized_model()
 
@@ -167,8 +173,8 @@ def export(model: Model, path: Path, options: ExportOptions) -> Exported:
     blocked = sorted({op for a in result.attempts for op in a["blocking_ops"]})
     raise ConversionError(f"the TFLite converter failed with every fallback ({', '.join(ATTEMPTS)})"
                           + (f"; blocking ops: {', '.join(blocked)}" if blocked else "")
-                          + f": {result.attempts[0]['error']}", details={"attempts": result.attempts,
-                                                                        "blocking_ops": blocked})
+                          + f": {result.attempts[0]['error']}",
+                          details={"attempts": result.attempts, "blocking_ops": blocked})
 
 
 def _summary(message: str) -> str:

@@ -5,14 +5,15 @@ from pathlib import Path
 
 from tfopt.errors import InputError
 from tfopt.loaders import checkpoint, graph_def, keras_file, saved_model, saved_model_v1
-from tfopt.loaders.base import Loaded, LoadOptions, SourceInfo
+from tfopt.loaders.base import Loaded, Loader, LoadOptions, SourceInfo
 
-LOADERS = {module.FORMAT: module
-           for module in (saved_model, saved_model_v1, keras_file, checkpoint, graph_def)}
+LOADERS: dict[str, Loader] = {
+    module.FORMAT: module
+    for module in (saved_model, saved_model_v1, keras_file, checkpoint, graph_def)}
 
 KINDS = "a SavedModel directory, a .keras/.h5 file, a checkpoint's .meta or a .pb/.pbtxt graph"
 
-__all__ = ["LOADERS", "Loaded", "LoadOptions", "SourceInfo", "detect_format", "load"]
+__all__ = ["LOADERS", "LoadOptions", "Loaded", "Loader", "SourceInfo", "detect_format", "load"]
 
 
 def detect_format(path: Path) -> str:

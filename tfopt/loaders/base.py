@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -55,11 +57,23 @@ class Loaded:
     passes: list = field(default_factory=list)  # PassReports of rewrites done while loading
 
 
+class Loader(Protocol):
+    """One input format: a module in tfopt/loaders/ with these names."""
+
+    FORMAT: str  # the name reports and inspect use
+
+    def sniff(self, path: Path) -> bool: ...  # whether path is in this format
+
+    def load(self, path: Path, options: LoadOptions) -> Loaded: ...  # frozen, with reference
+
+    def describe(self, path: Path, options: LoadOptions) -> Description: ...  # for inspect
+
+
 @dataclass
 class Description:
     """What `tfopt inspect` reads from a source without freezing it."""
 
-    graph_def: object  # the whole graph as stored, training part included
+    graph_def: Any  # the whole graph as stored, training part included
     signatures: dict[str, tuple[list[TensorSpec], list[TensorSpec]]]  # name -> (ins, outs)
     variables: dict  # variable_stats()
 
@@ -70,9 +84,12 @@ def spec_from_info(name: str, info) -> TensorSpec:
 
     shape = None if info.tensor_shape.unknown_rank else tuple(
         None if d.size < 0 else d.size for d in info.tensor_shape.dim)
-    dtype = tf.as_dtype(info.dtype)
-    return TensorSpec(name, dtype.as_numpy_dtype.__name__ if dtype.is_numpy_compatible
-                      else dtype.name, shape)
+    return TensorSpec(name, dtype_name(tf.as_dtype(info.dtype)), shape)
+
+
+def dtype_name(dtype) -> str:
+    """A TF dtype as TensorSpec names it: the numpy name, or TF's for string and resource."""
+    return dtype.as_numpy_dtype.__name__ if dtype.is_numpy_compatible else dtype.name
 
 
 def signature_specs(meta) -> dict[str, tuple[list[TensorSpec], list[TensorSpec]]]:
@@ -83,8 +100,7 @@ def signature_specs(meta) -> dict[str, tuple[list[TensorSpec], list[TensorSpec]]
 
 def spec_from_tf(name: str, tf_spec) -> TensorSpec:
     shape = None if tf_spec.shape.rank is None else tuple(tf_spec.shape.as_list())
-    return TensorSpec(name, tf_spec.dtype.as_numpy_dtype.__name__ if tf_spec.dtype.is_numpy_compatible
-                      else tf_spec.dtype.name, shape)
+    return TensorSpec(name, dtype_name(tf_spec.dtype), shape)
 
 
 def function_io_names(fn) -> tuple[list[str], list[str]]:
@@ -104,8 +120,7 @@ def function_io_names(fn) -> tuple[list[str], list[str]]:
 def freeze_function(fn, signature: str) -> Model:
     """Fold the variables of a ConcreteFunction into constants and name its IO by the signature."""
     import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import (
-        convert_variables_to_constants_v2)
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     try:
         frozen = convert_variables_to_constants_v2(fn, lower_control_flow=False,

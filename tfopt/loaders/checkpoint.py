@@ -5,8 +5,7 @@ from pathlib import Path
 
 from tfopt.errors import InputError, first_line
 from tfopt.loaders import tf1
-from tfopt.loaders.base import (Description, Loaded, LoadOptions, signature_specs,
-                                variable_stats)
+from tfopt.loaders.base import Description, Loaded, LoadOptions, signature_specs, variable_stats
 
 FORMAT = "checkpoint"
 

@@ -7,8 +7,15 @@ from pathlib import Path
 
 from tfopt.categories import is_optimizer_variable
 from tfopt.errors import InputError, UsageError, first_line
-from tfopt.loaders.base import (Description, Loaded, LoadOptions, SourceInfo, call_signature,
-                                freeze_function, graph_stats)
+from tfopt.loaders.base import (
+    Description,
+    Loaded,
+    LoadOptions,
+    SourceInfo,
+    call_signature,
+    freeze_function,
+    graph_stats,
+)
 
 FORMAT = "keras"
 SUFFIXES = (".keras", ".h5", ".hdf5")

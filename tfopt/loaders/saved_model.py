@@ -8,9 +8,17 @@ from pathlib import Path
 from tfopt.categories import SAVE_RESTORE_OPS
 from tfopt.errors import InputError, UsageError, first_line
 from tfopt.graph import node_name
-from tfopt.loaders.base import (Loaded, LoadOptions, SourceInfo, call_signature,
-                                Description, freeze_function, graph_stats,
-                                signature_specs, variable_stats)
+from tfopt.loaders.base import (
+    Description,
+    Loaded,
+    LoadOptions,
+    SourceInfo,
+    call_signature,
+    freeze_function,
+    graph_stats,
+    signature_specs,
+    variable_stats,
+)
 
 FORMAT = "saved_model"
 
@@ -108,7 +116,9 @@ def signature_closure(meta, signature: str) -> tuple[set[str], set[str]]:
     by_name = {n.name: n for n in graph.node}
     functions = {f.signature.name: f for f in graph.library.function}
     roots = [node_name(t.name) for t in meta.signature_def[signature].outputs.values()]
-    nodes, funcs, stack = set(), set(), [("node", r) for r in roots]
+    nodes: set[str] = set()
+    funcs: set[str] = set()
+    stack = [("node", r) for r in roots]
     while stack:
         kind, name = stack.pop()
         seen = nodes if kind == "node" else funcs
@@ -130,7 +140,8 @@ def signature_closure(meta, signature: str) -> tuple[set[str], set[str]]:
 def split_by_signature(meta, signature: str) -> tuple[list, list]:
     """(NodeDefs the signature runs, every other NodeDef), functions' bodies included."""
     nodes, funcs = signature_closure(meta, signature)
-    inside, outside = [], []
+    inside: list = []
+    outside: list = []
     for node in meta.graph_def.node:
         (inside if node.name in nodes else outside).append(node)
     for fdef in meta.graph_def.library.function:

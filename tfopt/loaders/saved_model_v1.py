@@ -5,7 +5,7 @@ from pathlib import Path
 
 from tfopt.errors import InputError, first_line
 from tfopt.loaders import saved_model, tf1
-from tfopt.loaders.base import Loaded, LoadOptions
+from tfopt.loaders.base import Description, Loaded, LoadOptions
 
 FORMAT = "saved_model_v1"
 
@@ -45,5 +45,5 @@ def load(path: Path, options: LoadOptions) -> Loaded:
                               options.freeze, options.signature)
 
 
-def describe(path: Path, options: LoadOptions):
+def describe(path: Path, options: LoadOptions) -> Description:
     return saved_model.describe(path, options)

@@ -9,16 +9,24 @@ graph (training machinery included) and its variable values, then call `freeze_s
 """
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from tfopt.categories import classify, is_input_pipeline_op, is_update_op
 from tfopt.errors import InputError, UsageError, first_line
-from tfopt.graph import consumers, is_control, node_name, reachable, rename_node, unique_name
+from tfopt.graph import (
+    consumers,
+    copy_graph,
+    is_control,
+    node_name,
+    reachable,
+    rename_node,
+    unique_name,
+)
 from tfopt.loaders.base import Loaded, SourceInfo, graph_stats, name_signature, variable_stats
 from tfopt.model import Model, TensorSpec
 
@@ -51,20 +59,8 @@ def tensor_ref(text: str) -> str:
 
 
 def _port_given(text: str) -> bool:
-    head, sep, port = text.rpartition(":")
+    _, sep, port = text.rpartition(":")
     return bool(sep) and port.isdigit()
-
-
-def split_specs(text: str) -> list[str]:
-    """'a:0:float32:1,8,8,1,b' -> ['a:0:float32:1,8,8,1', 'b']: a bare number continues the
-    shape before it (TF node names never start with a digit)."""
-    specs: list[str] = []
-    for token in (t.strip() for t in text.split(",")):
-        if re.fullmatch(r"-?\d+", token) and specs:
-            specs[-1] += "," + token
-        elif token:
-            specs.append(token)
-    return specs
 
 
 def parse_cut(text: str) -> Cut:
@@ -174,9 +170,9 @@ def cut_hint(graph, node) -> str:
 class Session:
     """A TF1 graph loaded into a Session with its variable values."""
 
-    graph: object  # tf.Graph
-    session: object  # tf.compat.v1.Session
-    graph_def: object  # the whole graph, as loaded
+    graph: Any  # tf.Graph
+    session: Any  # tf.compat.v1.Session
+    graph_def: Any  # the whole graph, as loaded
     path: Path
     format: str
     checkpoint: str | None = None  # variables' checkpoint prefix, for the stats
@@ -287,8 +283,7 @@ def _apply_cuts(graph_def, graph, cuts: list[Cut]):
     """Make each cut tensor a Placeholder; returns (graph_def, {tensor: Placeholder name})."""
     import tensorflow as tf
 
-    out = type(graph_def)()
-    out.CopyFrom(graph_def)
+    out = copy_graph(graph_def)
     taken = {n.name for n in out.node}
     placeholder_of = {}
     for cut in cuts:
@@ -346,7 +341,8 @@ def _check_switches(graph_def, outputs, frozen) -> None:
 
 def _freeze_variables(session, graph_def, outputs: list[str], hint: str):
     from tensorflow.python.framework.convert_to_constants import (
-        convert_variables_to_constants_from_session_graph)
+        convert_variables_to_constants_from_session_graph,
+    )
 
     try:
         return convert_variables_to_constants_from_session_graph(session, graph_def, outputs)

@@ -1,16 +1,27 @@
 """Graph passes, registered by name; a pipeline is a list of names."""
-from tfopt.passes import (dedupe, fold_control_flow, fold_pad,  # noqa: F401 (registers them)
-                          fold_scale_shift, freeze_placeholders, grappler, prune, remove_dropout,
-                          strip_training, training_batch_norm)
+from tfopt.passes import (  # noqa: F401 (registers them)
+                          dedupe,
+                          erfc_to_erf,
+                          fold_control_flow,
+                          fold_pad,
+                          fold_scale_shift,
+                          freeze_placeholders,
+                          grappler,
+                          inline_xla_calls,
+                          prune,
+                          remove_dropout,
+                          strip_training,
+                          training_batch_norm,
+)
 from tfopt.passes.base import REGISTRY, PassContext, PassLog, PassReport, register, run_pipeline
 
-DEFAULT_PIPELINE = ["strip_training", "prune", "fold_control_flow", "grappler", "fold_scale_shift",
-                    "fold_pad", "dedupe"]
+DEFAULT_PIPELINE = ("strip_training", "prune", "fold_control_flow", "grappler",
+                    "fold_scale_shift", "fold_pad", "dedupe")
 # run by the TF1 loaders on the whole graph before variables are frozen: the training-mode
 # rewrite needs the moving-average updates, which the signature's outputs do not reach;
 # the loader's reference then runs the rewritten graph if a rewrite changed its meaning
-INFERENCE_REWRITES = ["freeze_placeholders", "fold_control_flow", "training_batch_norm",
-                      "remove_dropout"]
+INFERENCE_REWRITES = ("freeze_placeholders", "fold_control_flow", "training_batch_norm",
+                      "remove_dropout")
 
 __all__ = ["DEFAULT_PIPELINE", "INFERENCE_REWRITES", "REGISTRY", "PassContext", "PassLog",
            "PassReport", "register", "run_pipeline"]

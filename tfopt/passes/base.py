@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -48,12 +49,13 @@ class PassReport:
     changes: list[dict]
     skipped: list[dict]
     removed: dict[str, int]
+    target: str | None = None  # set for an exporter's own preparation passes
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
 
-PassFn = Callable[[object, PassContext, PassLog], object]
+PassFn = Callable[[Any, PassContext, PassLog], Any]  # GraphDef in, GraphDef out
 REGISTRY: dict[str, PassFn] = {}
 
 
@@ -66,7 +68,7 @@ def register(name: str) -> Callable[[PassFn], PassFn]:
     return add
 
 
-def run_pipeline(model: Model, names: list[str], values: Mapping[str, np.ndarray] | None = None
+def run_pipeline(model: Model, names: Sequence[str], values: Mapping[str, np.ndarray] | None = None
                  ) -> tuple[Model, list[PassReport]]:
     ctx = PassContext(tuple(t.name for t in model.inputs), tuple(t.name for t in model.outputs),
                       dict(values or {}))

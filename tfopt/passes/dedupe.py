@@ -38,6 +38,7 @@ def _key(node, inputs: list[str]) -> bytes:
 def dedupe(graph_def, ctx: PassContext, log: PassLog):
     merged: dict[str, str] = {}  # duplicate -> the node kept
     seen: dict[bytes, str] = {}
+    seen_stateful: dict[bytes, str] = {}
     stateful: dict[str, bool] = {}
 
     def remap(ref: str) -> str:
@@ -49,11 +50,17 @@ def dedupe(graph_def, ctx: PassContext, log: PassLog):
         return ("^" if control else "") + merged[name] + bare[len(name):]
 
     for node in topological_order(graph_def):
-        if node.name in ctx.protected or _stateful(node.op, stateful):
+        if node.name in ctx.protected:
             continue
         inputs = [remap(r) for r in node.input]
         data = [r for r in inputs if not is_control(r)]
         key = _key(node, data + sorted(r for r in inputs if is_control(r)))
+        if _stateful(node.op, stateful):
+            if key in seen_stateful:
+                log.skip(node.name, f"identical to {seen_stateful[key]}, but {node.op} is "
+                         "stateful: merging would change how often it runs")
+            seen_stateful.setdefault(key, node.name)
+            continue
         if key in seen:
             merged[node.name] = seen[key]
             log.change("merged", node=node.name, into=seen[key], op=node.op)

@@ -10,15 +10,21 @@ only inside its loop optimizer, never folds an If, and reports neither.
 """
 from __future__ import annotations
 
-from tfopt.graph import (add_const, const_value, empty_like, is_control, node_name,
-                         topological_order)
+from tfopt.graph import (
+    FORWARDING_OPS,
+    add_const,
+    const_value,
+    empty_like,
+    is_control,
+    node_name,
+    topological_order,
+)
 from tfopt.passes.base import PassContext, PassLog, register
 
 SWITCH = frozenset({"Switch", "RefSwitch"})
 MERGE = frozenset({"Merge", "RefMerge"})
 IF = {"If": "StatefulPartitionedCall", "StatelessIf": "PartitionedCall"}
 BACK_EDGE = frozenset({"NextIteration", "RefNextIteration"})
-_PASS_THROUGH = frozenset({"Identity", "RefIdentity", "Snapshot"})
 
 
 def tensor(ref: str) -> str:
@@ -42,7 +48,7 @@ def constant_bool(ref: str, nodes: dict, alias: dict) -> bool | None:
         if node.op == "Const":
             value = const_value(node)
             return None if value.size != 1 else bool(value.reshape(())) != negate
-        if node.op not in _PASS_THROUGH and node.op != "LogicalNot":
+        if node.op not in FORWARDING_OPS and node.op != "LogicalNot":
             return None
         negate ^= node.op == "LogicalNot"
         ref = next(r for r in node.input if not is_control(r))

@@ -11,10 +11,19 @@ converter by putting a PAD back. Written here because Grappler never folds a Pad
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
-from tfopt.graph import const_value, consumers, keep_nodes, node_name, reachable
+from tfopt.graph import channels_first, const_value, node_name
 from tfopt.passes.base import PassContext, PassLog, register
-from tfopt.passes.pattern import CONST, OpTypePattern, data_inputs, match
+from tfopt.passes.pattern import (
+    CONST,
+    GraphView,
+    OpTypePattern,
+    Replacement,
+    Skip,
+    data_inputs,
+    replace_matching,
+)
 
 _PAD = OpTypePattern("Pad|PadV2|MirrorPad", [OpTypePattern("*"), CONST], name="pad")
 PATTERN = OpTypePattern("Conv2D|DepthwiseConv2dNative", [_PAD, CONST], name="conv")
@@ -27,66 +36,48 @@ def same_pads(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, 
     return total // 2, total - total // 2
 
 
-def _reason(pad, conv, nodes, readers) -> str | None:
+def _fold(found: dict, view: GraphView, shapes: Callable[[str], list | None]
+          ) -> Replacement | Skip:
+    pad, conv, nodes = found["pad"], found["conv"], view.nodes
     if conv.attr["padding"].s != b"VALID":
-        return f"{conv.name} already pads ({conv.attr['padding'].s.decode()})"
+        return Skip(f"{conv.name} already pads ({conv.attr['padding'].s.decode()})")
     if pad.op == "MirrorPad":
-        return "reflect/symmetric padding has no convolution equivalent"
+        return Skip("reflect/symmetric padding has no convolution equivalent")
     if pad.op == "PadV2":
         value = nodes.get(node_name(data_inputs(pad)[2]))
         if value is None or value.op != "Const" or const_value(value).any():
-            return "pads with a non-zero value"
-    if len({r.name for r in readers.get(pad.name, ())}) != 1:
-        return "the padded tensor has another consumer"
-    return None
+            return Skip("pads with a non-zero value")
+    if len({r.name for r in view.readers.get(pad.name, ())}) != 1:
+        return Skip("the padded tensor has another consumer")
+    pads = const_value(nodes[node_name(data_inputs(pad)[1])]).astype(int)
+    spatial = (2, 3) if channels_first(conv) else (1, 2)
+    if pads.shape != (4, 2) or any(pads[d].any() for d in range(4) if d not in spatial):
+        return Skip("pads the batch or channel dimension")
+    if (pads < 0).any():
+        return Skip("negative paddings crop")
+    new = type(conv)()
+    new.CopyFrom(conv)
+    new.input[0] = data_inputs(pad)[0]
+    padding = "SAME" if _is_same(conv, pads, spatial, shapes(pad.name), nodes) else "EXPLICIT"
+    new.attr["padding"].s = padding.encode()
+    if padding == "EXPLICIT":
+        new.attr["explicit_paddings"].list.i[:] = [int(p) for p in pads.reshape(-1)]
+    return Replacement(nodes=[new], dead=[pad.name], details={
+        "pattern": f"{pad.op}+{conv.op}", "node": conv.name, "padding": padding})
 
 
 @register("fold_pad")
 def fold_pad(graph_def, ctx: PassContext, log: PassLog):
-    nodes = {n.name: n for n in graph_def.node}
-    readers = consumers(graph_def)
-    found = []
-    for node in graph_def.node:
-        hit = match(PATTERN, node, nodes)
-        if hit is None:
-            continue
-        reason = _reason(hit["pad"], node, nodes, readers)
-        if reason:
-            log.skip(node.name, reason)
-            continue
-        pads = const_value(nodes[node_name(data_inputs(hit["pad"])[1])]).astype(int)
-        channels_first = conv_layout(node)
-        spatial = (2, 3) if channels_first else (1, 2)
-        if pads.shape != (4, 2) or any(pads[d].any() for d in range(4) if d not in spatial):
-            log.skip(node.name, "pads the batch or channel dimension")
-            continue
-        if (pads < 0).any():
-            log.skip(node.name, "negative paddings crop")
-            continue
-        found.append((node, hit["pad"], pads, spatial))
-    if not found:
-        return graph_def
-    shapes = _input_shapes(graph_def, [pad.name for _, pad, _, _ in found])
-    out = type(graph_def)()
-    out.CopyFrom(graph_def)
-    by_name = {n.name: n for n in out.node}
-    for conv, pad, pads, spatial in found:
-        new = by_name[conv.name]
-        new.input[0] = data_inputs(pad)[0]
-        padding = "SAME" if _is_same(conv, pads, spatial, shapes.get(pad.name), nodes) \
-            else "EXPLICIT"
-        new.attr["padding"].s = padding.encode()
-        if padding == "EXPLICIT":
-            new.attr["explicit_paddings"].list.i[:] = [int(p) for p in pads.reshape(-1)]
-        log.change("folded", pattern=f"{pad.op}+{conv.op}", node=conv.name, padding=padding)
-    keep = reachable(out, ctx.outputs) | set(ctx.inputs)
-    log.removed["folded_constants"] += sum(1 for n in out.node if n.name not in keep)
-    return keep_nodes(out, keep)
+    cache: dict = {}
 
+    def shapes(pad: str) -> list | None:
+        if not cache:  # one TF import of the graph, and only once a Pad matches
+            cache.update(_input_shapes(graph_def, [n.name for n in graph_def.node
+                                                   if n.op in ("Pad", "PadV2")]))
+        return cache.get(pad)
 
-def conv_layout(conv) -> bool:
-    """Whether a conv is channels-first."""
-    return conv.attr["data_format"].s.startswith(b"NC") if "data_format" in conv.attr else False
+    return replace_matching(graph_def, [PATTERN], lambda found, view: _fold(found, view, shapes),
+                            log, keep=ctx.inputs + ctx.outputs)
 
 
 def _is_same(conv, pads, spatial, shape, nodes) -> bool:

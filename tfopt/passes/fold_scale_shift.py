@@ -13,14 +13,28 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfopt.graph import (const_value, consumers, keep_nodes, node_name, reachable, set_const_value,
-                         topological_order, unique_name)
+from tfopt.graph import (
+    NORM_OPS,
+    channels_first,
+    const_value,
+    node_name,
+    set_const_value,
+    unique_name,
+)
 from tfopt.passes.base import PassContext, PassLog, register
-from tfopt.passes.pattern import CONST, OpTypePattern, data_inputs, match
+from tfopt.passes.pattern import (
+    CONST,
+    GraphView,
+    OpTypePattern,
+    Replacement,
+    Skip,
+    data_inputs,
+    replace_matching,
+)
 
 LINEAR = "Conv2D|DepthwiseConv2dNative|Conv3D|Conv2DBackpropInput|MatMul"
 STEP = "Mul|Add|AddV2|Sub|RealDiv"
-NORM = "FusedBatchNorm|FusedBatchNormV2|FusedBatchNormV3"
+NORM = "|".join(sorted(NORM_OPS))
 
 
 # every linear op takes its weights as input 1 (Conv2DBackpropInput: sizes, filter, input)
@@ -36,8 +50,7 @@ PATTERNS = (OpTypePattern(STEP, [_BIASED, CONST], name="step"),
 
 def _channel_layout(linear):
     """(activation rank, channel axis of the activation, output-channel axis of the weights)."""
-    nchw = linear.attr["data_format"].s.decode().startswith("NC") if "data_format" in \
-        linear.attr else False
+    nchw = channels_first(linear)
     if linear.op == "MatMul":
         return 2, 1, 0 if linear.attr["transpose_b"].b else 1
     rank = 5 if linear.op == "Conv3D" else 4
@@ -57,13 +70,13 @@ def _per_channel(value: np.ndarray, rank: int, axis: int, channels: int) -> np.n
                            (channels,)).astype(np.float64)
 
 
-def _norm_scale_shift(step, nodes) -> tuple[np.ndarray, np.ndarray] | str:
+def _norm_scale_shift(step, nodes) -> tuple[np.ndarray, np.ndarray] | Skip:
     refs = data_inputs(step)
     params = [nodes.get(node_name(r)) for r in refs[1:]]
     if not all(p is not None and p.op == "Const" for p in params):
-        return "batch-norm parameters are not constant"
+        return Skip("batch-norm parameters are not constant")
     if step.attr["is_training"].b:
-        return "batch norm is in training mode"
+        return Skip("batch norm is in training mode")
     gamma, beta, mean, var = (const_value(p).astype(np.float64) for p in params[:4])
     eps = step.attr["epsilon"].f
     scale = gamma / np.sqrt(var + eps)
@@ -72,35 +85,22 @@ def _norm_scale_shift(step, nodes) -> tuple[np.ndarray, np.ndarray] | str:
 
 @register("fold_scale_shift")
 def fold_scale_shift(graph_def, ctx: PassContext, log: PassLog):
-    out = type(graph_def)()
-    out.CopyFrom(graph_def)
-    nodes = {n.name: n for n in out.node}
-    readers = consumers(out)
-    for step in topological_order(out):
-        found = next((m for m in (match(p, step, nodes) for p in PATTERNS) if m), None)
-        if found:
-            reason = _fold(found, nodes, readers, ctx, out, log)
-            if reason:
-                log.skip(step.name, reason)
-    if not log.changes:
-        return graph_def
-    # the replaced weights, biases and intermediate constants are now unread
-    keep = reachable(out, ctx.outputs) | set(ctx.inputs)
-    log.removed["folded_constants"] += sum(1 for n in graph_def.node if n.name not in keep)
-    return keep_nodes(out, keep)
+    return replace_matching(graph_def, PATTERNS, lambda found, view: _fold(found, view, ctx),
+                            log, keep=ctx.inputs + ctx.outputs)
 
 
-def _fold(found, nodes, readers, ctx, graph_def, log) -> str | None:
+def _fold(found: dict, view: GraphView, ctx: PassContext) -> Replacement | Skip:
+    nodes = view.nodes
     step, linear, bias = found["step"], found["linear"], found.get("bias")
     weights = nodes.get(node_name(data_inputs(linear)[1]))
     if weights is None or weights.op != "Const":
-        return f"weights of {linear.name} are not constant"
+        return Skip(f"weights of {linear.name} are not constant")
     chain = [linear] + ([bias] if bias is not None else [])
     for node in chain:
         if node.name in ctx.protected:
-            return f"{node.name} is a signature input or output"
-        if len(readers.get(node.name, [])) != 1:
-            return f"{node.name} has more than one consumer"
+            return Skip(f"{node.name} is a signature input or output")
+        if len(view.readers.get(node.name, [])) != 1:
+            return Skip(f"{node.name} has more than one consumer")
     rank, act_axis, w_axis = _channel_layout(linear)
     kernel = const_value(weights)
     channels = kernel.shape[w_axis] if linear.op != "DepthwiseConv2dNative" else \
@@ -111,65 +111,60 @@ def _fold(found, nodes, readers, ctx, graph_def, log) -> str | None:
                                           nodes[node_name(r)].op == "Const"))]
         vector = _per_channel(const_value(bias_const), rank, act_axis, channels)
         if vector is None:
-            return f"bias of {bias.name} is not per-channel"
+            return Skip(f"bias of {bias.name} is not per-channel")
         old_bias = vector
     if not np.issubdtype(kernel.dtype, np.floating):
-        return f"weights of {linear.name} are not floating point"
-    if step.op in NORM.split("|"):
+        return Skip(f"weights of {linear.name} are not floating point")
+    if step.op in NORM_OPS:
         result = _norm_scale_shift(step, nodes)
-        if isinstance(result, str):
+        if isinstance(result, Skip):
             return result
         scale, shift = result
         if any(ref.startswith(step.name + ":") and not ref.endswith(":0")
-               for r in readers.get(step.name, []) for ref in r.input):
-            return "batch-norm statistics outputs are read"
+               for r in view.readers.get(step.name, []) for ref in r.input):
+            return Skip("batch-norm statistics outputs are read")
     else:
         refs = data_inputs(step)
         const_pos = 1 if nodes[node_name(refs[1])].op == "Const" else 0
-        value = _per_channel(const_value(nodes[node_name(refs[const_pos])]), rank, act_axis, channels)
+        value = _per_channel(const_value(nodes[node_name(refs[const_pos])]), rank, act_axis,
+                             channels)
         if value is None:
-            return "constant is not per-channel (shape mismatch)"
+            return Skip("constant is not per-channel (shape mismatch)")
         scale, shift = np.ones(channels), np.zeros(channels)
         if step.op == "Mul":
             scale = value
         elif step.op in ("Add", "AddV2"):
             shift = value
         elif step.op == "Sub":
-            scale, shift = (np.ones(channels), -value) if const_pos == 1 else (-np.ones(channels),
-                                                                              value)
+            scale, shift = (np.ones(channels), -value) if const_pos == 1 else \
+                (-np.ones(channels), value)
         elif const_pos == 1 and np.all(value != 0):  # RealDiv by a constant
             scale = 1.0 / value
         else:
-            return "division by a non-constant or by zero"
+            return Skip("division by a non-constant or by zero")
     dtype = kernel.dtype
     new_kernel = _scale_kernel(kernel.astype(np.float64), scale, linear.op, w_axis)
     new_bias = old_bias * scale + shift
     # the step node becomes BiasAdd(linear', bias'); it keeps its name, so readers need no change
-    weights_copy = graph_def.node.add()
-    weights_copy.CopyFrom(weights)
-    weights_copy.name = unique_name(f"{step.name}/folded_weights", nodes)
-    set_const_value(weights_copy, new_kernel.astype(dtype))
-    nodes[weights_copy.name] = weights_copy
-    bias_node = graph_def.node.add()
-    bias_node.CopyFrom(weights)
-    bias_node.name = unique_name(f"{step.name}/folded_bias", nodes)
-    set_const_value(bias_node, new_bias.astype(dtype))
-    nodes[bias_node.name] = bias_node
-    refs = list(linear.input)
-    refs[1] = weights_copy.name
-    del linear.input[:]
-    linear.input.extend(refs)
-    step_name, step_op = step.name, step.op
-    step.Clear()
-    step.name, step.op = step_name, "BiasAdd"
-    step.input.extend([linear.name, bias_node.name])
-    step.attr["T"].type = weights.attr["dtype"].type
+    folded_weights = type(weights)()
+    folded_weights.CopyFrom(weights)
+    folded_weights.name = unique_name(f"{step.name}/folded_weights", nodes)
+    set_const_value(folded_weights, new_kernel.astype(dtype))
+    folded_bias = type(weights)()
+    folded_bias.CopyFrom(weights)
+    folded_bias.name = unique_name(f"{step.name}/folded_bias", nodes)
+    set_const_value(folded_bias, new_bias.astype(dtype))
+    new_linear = type(linear)()
+    new_linear.CopyFrom(linear)
+    new_linear.input[1] = folded_weights.name
+    bias_add = type(step)(name=step.name, op="BiasAdd", input=[linear.name, folded_bias.name])
+    bias_add.attr["T"].type = weights.attr["dtype"].type
     if act_axis != rank - 1:  # channels first; BiasAdd's "NCHW" means dim 1, for NCDHW too
-        step.attr["data_format"].s = b"NCHW"
-    readers[linear.name] = [step]
-    log.change("folded", pattern=f"{linear.op}{'+BiasAdd' if bias is not None else ''}+{step_op}",
-               node=step_name)
-    return None
+        bias_add.attr["data_format"].s = b"NCHW"
+    pattern = f"{linear.op}{'+BiasAdd' if bias is not None else ''}+{step.op}"
+    return Replacement(nodes=[folded_weights, folded_bias, new_linear, bias_add],
+                       dead=[bias.name] if bias is not None else [],
+                       details={"pattern": pattern, "node": step.name})
 
 
 def _scale_kernel(kernel: np.ndarray, scale: np.ndarray, op: str, axis: int) -> np.ndarray:

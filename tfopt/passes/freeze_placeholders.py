@@ -24,8 +24,14 @@ def freeze_placeholders(graph_def, ctx: PassContext, log: PassLog):
             continue
         if node.name in ctx.values:
             constants[node.name] = ctx.values[node.name]
-        elif node.op == "PlaceholderWithDefault" and node.name not in ctx.inputs \
-                and node.name in live:
+        elif node.name in ctx.inputs:
+            if node.op == "PlaceholderWithDefault":
+                log.skip(node.name, "a signature input: fed at serving time, default unused")
+        elif node.op == "Placeholder":
+            if node.name in live:
+                log.skip(node.name, "no value given; pass --freeze-placeholder "
+                         f"{node.name}=VALUE to make it a constant")
+        elif node.name in live:
             default = nodes.get(node_name(node.input[0]))
             if default is not None and default.op == "Const":
                 constants[node.name] = const_value(default)

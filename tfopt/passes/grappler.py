@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import Counter
 
 from tfopt.categories import IDENTITY_OPS
-from tfopt.graph import op_histogram, rename_node, unique_name
+from tfopt.graph import copy_graph, op_histogram, rename_node, unique_name
 from tfopt.passes.base import PassContext, PassLog, register
 
 # no "arithmetic": its AddOpsRewrite merges batch-norm shifts into residual AddN nodes,
@@ -50,8 +50,7 @@ def isolate_calls(graph_def, protected: frozenset[str]):
                 and n.name not in protected]
     if not clashing:
         return graph_def
-    out = type(graph_def)()
-    out.CopyFrom(graph_def)
+    out = copy_graph(graph_def)
     for name in clashing:
         new = unique_name(f"{name}_call", names | prefixes)
         rename_node(out, name, new)

@@ -1,15 +1,34 @@
-"""A declarative op-type pattern matcher, after TF's Graph Transform Tool (OpTypePattern).
+"""Declarative op-type patterns and the driver that rewrites their matches, after TF's Graph
+Transform Tool (OpTypePattern, ReplaceMatchingOpTypes in transform_utils.h).
 
     OpTypePattern("Mul", [OpTypePattern("Conv2D|MatMul", [OpTypePattern("*"), CONST]), CONST])
 
 matches a Mul whose first input is a Conv2D or MatMul with a constant second input and
 whose second input is a constant. Commutative ops also match with their inputs swapped.
+
+`replace_matching` visits the graph in topological order, hands each match to a callback
+that returns a `Replacement` or a `Skip(reason)`, applies replacements at once (so that a
+later match sees the rewritten graph: chains fold step by step), prunes what no output
+reads, and logs every change and every skip. Unlike the GTT, no match is skipped silently.
 """
 from __future__ import annotations
 
+import itertools
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from tfopt.graph import is_control, node_name
+from tfopt.graph import (
+    bypass_nodes,
+    copy_graph,
+    is_control,
+    keep_nodes,
+    node_name,
+    reachable,
+    topological_order,
+)
+from tfopt.passes.base import PassLog
 
 COMMUTATIVE = frozenset({"Mul", "Add", "AddV2"})
 
@@ -17,10 +36,10 @@ COMMUTATIVE = frozenset({"Mul", "Add", "AddV2"})
 @dataclass(frozen=True)
 class OpTypePattern:
     op: str  # "A|B" alternatives, "*" for anything
-    inputs: tuple["OpTypePattern", ...] = field(default_factory=tuple)
+    inputs: Sequence[OpTypePattern] = field(default_factory=tuple)
     name: str | None = None  # key under which the matched node is returned
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         object.__setattr__(self, "inputs", tuple(self.inputs))
 
     def accepts(self, op: str) -> bool:
@@ -28,19 +47,27 @@ class OpTypePattern:
 
 
 CONST = OpTypePattern("Const")
+ANY = OpTypePattern("*")
 
 
-def data_inputs(node) -> list[str]:
+def variants(op: str, *inputs: Sequence[OpTypePattern], name: str | None = None
+             ) -> list[OpTypePattern]:
+    """One pattern per combination of alternative input patterns: several graph shapes of
+    one idea, written once (as tf2onnx's rewriters list theirs)."""
+    return [OpTypePattern(op, list(combo), name) for combo in itertools.product(*inputs)]
+
+
+def data_inputs(node: Any) -> list[str]:
     return [ref for ref in node.input if not is_control(ref)]
 
 
-def match(pattern: OpTypePattern, node, nodes: dict) -> dict | None:
+def match(pattern: OpTypePattern, node: Any, nodes: Mapping[str, Any]) -> dict | None:
     """The named nodes of a match, keyed by pattern name, or None."""
     found: dict = {}
     return found if _match(pattern, node, nodes, found) else None
 
 
-def _match(pattern: OpTypePattern, node, nodes: dict, found: dict) -> bool:
+def _match(pattern: OpTypePattern, node: Any, nodes: Mapping[str, Any], found: dict) -> bool:
     if node is None or not pattern.accepts(node.op):
         return False
     if pattern.name:
@@ -61,3 +88,125 @@ def _match(pattern: OpTypePattern, node, nodes: dict, found: dict) -> bool:
             found.update(trial)
             return True
     return False
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A match the callback declines, and why (it lands in the pass's report)."""
+
+    reason: str
+
+
+@dataclass
+class Replacement:
+    """What a match becomes.
+
+    nodes: new NodeDefs; one named like an existing node replaces it (keeping the name,
+        its readers need no change), the others are added.
+    dead: matched nodes that nothing reads once the new nodes are in (they no longer count
+        as readers for later matches, and are pruned).
+    bypass: node -> the ref its readers read instead; the node is then removed.
+    details: the change-log entry (node, pattern, ...).
+    removed: category -> count, added to the pass's `removed` counts.
+    """
+
+    nodes: list = field(default_factory=list)
+    dead: list[str] = field(default_factory=list)
+    bypass: dict[str, str] = field(default_factory=dict)
+    details: dict = field(default_factory=dict)
+    removed: dict[str, int] = field(default_factory=dict)
+
+
+class GraphView:
+    """The working copy a driver rewrites: nodes by name and readers, kept current."""
+
+    def __init__(self, graph_def: Any):
+        self.graph_def = graph_def
+        self.nodes = {n.name: n for n in graph_def.node}
+        self.readers: dict[str, list] = defaultdict(list)
+        for node in graph_def.node:
+            for ref in node.input:
+                self.readers[node_name(ref)].append(node)
+
+    def data_readers(self, name: str) -> list:
+        return [r for r in self.readers.get(name, ()) if any(
+            not is_control(ref) and node_name(ref) == name for ref in r.input)]
+
+    def put(self, node: Any) -> None:
+        """Add a node, or overwrite the node of its name; `node` is the callback's own
+        NodeDef, never one of the view's (their readers are tracked by their inputs)."""
+        old = self.nodes.get(node.name)
+        if old is not None and old is node:
+            raise ValueError(f"a rewrite returned the graph's own node {node.name}; return "
+                             "a modified copy")
+        if old is None:
+            old = self.graph_def.node.add()
+        else:
+            for ref in old.input:
+                self.readers[node_name(ref)] = [r for r in self.readers[node_name(ref)]
+                                                if r is not old]
+        old.CopyFrom(node)
+        self.nodes[old.name] = old
+        for ref in old.input:
+            self.readers[node_name(ref)].append(old)
+
+
+    def drop(self, name: str) -> None:
+        """Forget a node that nothing reads any more (pruning removes it from the graph)."""
+        old = self.nodes.pop(name)
+        for ref in old.input:
+            self.readers[node_name(ref)] = [r for r in self.readers[node_name(ref)]
+                                            if r is not old]
+
+
+Callback = Callable[[dict, GraphView], "Replacement | Skip"]
+
+
+def replace_matching(graph_def: Any, patterns: Iterable[OpTypePattern], rewrite: Callback,
+                     log: PassLog, *, keep: Iterable[str], action: str = "folded",
+                     removed: str | None = "folded_constants",
+                     within: set[str] | None = None) -> Any:
+    """Rewrite every match of the first matching pattern, in topological order.
+
+    keep: the signature's node names, which pruning must keep; removed: the category that
+    counts the nodes that replacements leave unread (None: not counted); within: only nodes
+    in this set are matched (e.g. the inference path). Returns graph_def itself when nothing
+    changed.
+    """
+    patterns = tuple(patterns)
+    keep = set(keep)
+    out = copy_graph(graph_def)
+    view = GraphView(out)
+    bypass: dict[str, str] = {}
+    changed = False
+    for name in [n.name for n in topological_order(out)]:
+        node = view.nodes.get(name)
+        if node is None or name in bypass or (within is not None and name not in within):
+            continue
+        found = next((m for m in (match(p, node, view.nodes) for p in patterns) if m), None)
+        if found is None:
+            continue
+        result = rewrite(found, view)
+        if isinstance(result, Skip):
+            log.skip(name, result.reason)
+            continue
+        if not isinstance(result, Replacement):
+            raise TypeError(f"a rewrite callback returned {result!r}, not Replacement or Skip")
+        for new in result.nodes:
+            view.put(new)
+        for dead in result.dead:
+            view.drop(dead)
+        bypass.update(result.bypass)
+        for category, count in result.removed.items():
+            log.removed[category] += count
+        log.change(action, **(result.details or {"node": name}))
+        changed = True
+    if not changed:
+        return graph_def
+    if bypass:
+        out = bypass_nodes(out, dict(bypass))
+    live = reachable(out, keep) | keep
+    if removed is not None:
+        log.removed[removed] += sum(1 for n in graph_def.node if n.name not in live)
+    return keep_nodes(out, live)
+

@@ -1,93 +1,60 @@
 """Make dropout left in the inference path an identity.
 
-    SelectV2(mask, Mul(x, 1/keep), 0) | Mul(Mul(x, 1/keep), mask) | Mul(RealDiv(x, keep), mask)
-      with mask = GreaterEqual|Floor|Cast|...(RandomUniform)          -> x
+    SelectV2(keep, Mul(x, 1/keep_prob), 0)        tf.nn.dropout (TF 2, Keras 3)
+    Mul(Mul(x, 1/keep_prob), Cast(keep))          tf.nn.dropout (TF 1.13-1.15)
+    Mul(RealDiv(x, keep_prob), Floor(keep_prob + u))  tf.nn.dropout (TF 1.x, keep_prob)
+      with keep = GreaterEqual(u, rate), u = a uniform draw [* (max - min) + min]   -> x
 
 Inverted dropout scales at training time, so at inference the layer is exactly x. Written
 here because Grappler keeps random ops (they are stateful) and no converter drops them.
 """
 from __future__ import annotations
 
-from tfopt.graph import bypass_nodes, const_value, keep_nodes, node_name, reachable
+from tfopt.graph import const_value, node_name, reachable
 from tfopt.passes.base import PassContext, PassLog, register
-from tfopt.passes.pattern import OpTypePattern, data_inputs, match
+from tfopt.passes.pattern import (
+    ANY,
+    GraphView,
+    OpTypePattern,
+    Replacement,
+    Skip,
+    data_inputs,
+    replace_matching,
+    variants,
+)
 
-RANDOM = frozenset({"RandomUniform", "StatelessRandomUniform", "StatelessRandomUniformV2"})
-_MASK_STEPS = frozenset({"GreaterEqual", "Greater", "Less", "LessEqual", "Cast", "Floor", "Add",
-                         "AddV2", "Mul", "RealDiv", "Identity"})
-_MASK_DEPTH = 6
-
-# the masking node; _split tells which operand is the random mask
-PATTERN = OpTypePattern("SelectV2|Select|Mul")
-
-
-def _is_random_mask(node, nodes: dict) -> bool:
-    """Whether a node is a mask computed from a random draw by a few elementwise steps."""
-    frontier = [node] if node is not None else []
-    for _ in range(_MASK_DEPTH):
-        following = []
-        for current in frontier:
-            if current.op in RANDOM:
-                return True
-            if current.op in _MASK_STEPS:
-                following.extend(n for n in (nodes.get(node_name(r)) for r in data_inputs(current))
-                                 if n is not None)
-        frontier = following
-    return False
-
-
-def _scalar_const(node) -> bool:
-    return node is not None and node.op == "Const" and const_value(node).size == 1
+RANDOM = "RandomUniform|StatelessRandomUniform|StatelessRandomUniformV2"
+_UNIFORM = [OpTypePattern(RANDOM),
+            *variants("Add|AddV2", variants("Mul", [OpTypePattern(RANDOM)], [ANY]), [ANY])]
+_COMPARE = variants("GreaterEqual|Greater", _UNIFORM, [ANY])
+_KEEP = [*_COMPARE, *variants("Cast", _COMPARE),
+         *variants("Floor", variants("Add|AddV2", [ANY], _UNIFORM))]
+_X = OpTypePattern("*", name="x")
+_SCALED = variants("Mul|RealDiv", [_X], [OpTypePattern("Const", name="scale")],
+                   name="scaled")
+PATTERNS = (variants("SelectV2|Select", _KEEP, _SCALED, [OpTypePattern("Const", name="zero")],
+                     name="dropout")
+            + variants("Mul", _SCALED, _KEEP, name="dropout"))
 
 
-def _unscaled(ref: str, nodes: dict) -> str:
-    """x for x*c or x/c with a scalar constant c (the inverted-dropout scale), else ref."""
-    scaled = nodes.get(node_name(ref))
-    if scaled is not None and scaled.op in ("Mul", "RealDiv"):
-        refs = data_inputs(scaled)
-        consts = [i for i, r in enumerate(refs) if _scalar_const(nodes.get(node_name(r)))]
-        if scaled.op == "RealDiv" and consts == [1]:
-            return refs[0]
-        if scaled.op == "Mul" and len(consts) == 1:
-            return refs[1 - consts[0]]
-    return ref
-
-
-def _split(node, nodes: dict) -> tuple[str, str] | None:
-    """(mask ref, data ref) of a dropout's masking node, or None."""
-    refs = data_inputs(node)
-    if node.op in ("SelectV2", "Select"):
-        zero = nodes.get(node_name(refs[2]))
-        if zero is None or zero.op != "Const" or const_value(zero).any():
-            return None
-        pairs = [(refs[0], refs[1])]
-    else:
-        pairs = [(refs[1], refs[0]), (refs[0], refs[1])]
-    for mask, data in pairs:
-        source = nodes.get(node_name(data))
-        if source is None or source.op == "Const":  # a random initializer, not a layer
-            continue
-        if _is_random_mask(nodes.get(node_name(mask)), nodes) \
-                and not _is_random_mask(source, nodes):
-            return mask, data
-    return None
+def _identity(found: dict, view: GraphView, ctx: PassContext) -> Replacement | Skip:
+    dropout, x, scale = found["dropout"], found["x"], found["scale"]
+    if dropout.name in ctx.protected:
+        return Skip(f"{dropout.name} is a signature output")
+    if const_value(scale).size != 1:
+        return Skip("the scale is not a scalar, so this is not inverted dropout")
+    if "zero" in found and const_value(found["zero"]).any():
+        return Skip("dropped elements become a non-zero value")
+    if x.op == "Const":
+        return Skip("the masked value is a constant: a random initializer, not a layer")
+    # the exact tensor that is scaled (x may have several outputs)
+    ref = next(r for r in data_inputs(found["scaled"]) if node_name(r) != scale.name)
+    return Replacement(bypass={dropout.name: ref}, removed={"dropout": 1},
+                       details={"node": dropout.name, "input": ref})
 
 
 @register("remove_dropout")
 def remove_dropout(graph_def, ctx: PassContext, log: PassLog):
-    nodes = {n.name: n for n in graph_def.node}
-    live = reachable(graph_def, ctx.outputs)  # the inference path; gradients also mask
-    replaced = {}
-    for node in graph_def.node:
-        if node.name in ctx.protected or node.name not in live \
-                or match(PATTERN, node, nodes) is None:
-            continue
-        split = _split(node, nodes)
-        if split is not None:
-            replaced[node.name] = _unscaled(split[1], nodes)
-            log.change("identity", node=node.name, input=replaced[node.name])
-    if not replaced:
-        return graph_def
-    log.removed["dropout"] += len(replaced)
-    out = bypass_nodes(graph_def, replaced)
-    return keep_nodes(out, reachable(out, ctx.outputs) | set(ctx.inputs))
+    return replace_matching(graph_def, PATTERNS, lambda found, view: _identity(found, view, ctx),
+                            log, keep=ctx.inputs + ctx.outputs, action="identity", removed=None,
+                            within=reachable(graph_def, ctx.outputs))  # gradients mask too

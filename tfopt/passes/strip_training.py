@@ -6,8 +6,13 @@ debug_stripper keeps summaries and updates and reports nothing per node.
 """
 from __future__ import annotations
 
-from tfopt.categories import (DEBUG_OPS, DEBUG_PASSTHROUGH_OPS, SAVE_RESTORE_OPS, is_summary_op,
-                              is_update_op)
+from tfopt.categories import (
+    DEBUG_OPS,
+    DEBUG_PASSTHROUGH_OPS,
+    SAVE_RESTORE_OPS,
+    is_summary_op,
+    is_update_op,
+)
 from tfopt.graph import bypass_nodes, consumers, is_control, node_name
 from tfopt.passes.base import PassContext, PassLog, register
 

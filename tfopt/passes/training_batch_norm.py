@@ -10,10 +10,18 @@ Written here because no TF tool rewrites training-mode batch norm; OpenVINO only
 from __future__ import annotations
 
 from tfopt.errors import InputError
-from tfopt.graph import consumers, is_control, node_name, reachable, unique_name
+from tfopt.graph import (
+    FORWARDING_OPS,
+    NORM_OPS,
+    consumers,
+    copy_graph,
+    is_control,
+    node_name,
+    reachable,
+    unique_name,
+)
 from tfopt.passes.base import PassContext, PassLog, register
 
-NORM = frozenset({"FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3"})
 VARIABLES = frozenset({"VariableV2", "Variable", "VarHandleOp"})
 ASSIGNS = frozenset({"Assign", "AssignSub", "AssignAdd", "AssignVariableOp",
                      "AssignSubVariableOp", "AssignAddVariableOp"})
@@ -22,7 +30,7 @@ _MAX_DEPTH = 8  # moving-average updates are a few elementwise ops (sub, mul) de
 
 def _variable(ref: str, nodes: dict):
     node = nodes.get(node_name(ref))
-    while node is not None and node.op in ("Identity", "RefIdentity"):
+    while node is not None and node.op in FORWARDING_OPS:
         node = nodes.get(node_name(node.input[0]))
     return node if node is not None and node.op in VARIABLES else None
 
@@ -50,12 +58,11 @@ def updated_variable(norm, port: int, nodes: dict, readers: dict):
 @register("training_batch_norm")
 def training_batch_norm(graph_def, ctx: PassContext, log: PassLog):
     live = reachable(graph_def, ctx.outputs)
-    training = [n for n in graph_def.node if n.op in NORM and n.attr["is_training"].b
+    training = [n for n in graph_def.node if n.op in NORM_OPS and n.attr["is_training"].b
                 and n.name in live]
     if not training:
         return graph_def
-    out = type(graph_def)()
-    out.CopyFrom(graph_def)
+    out = copy_graph(graph_def)
     nodes = {n.name: n for n in out.node}
     readers = consumers(out)
     taken = set(nodes)

@@ -1,39 +1,37 @@
-"""`tfopt inspect SRC` (also `python -m tfopt.inspect`): what a model holds, without writing.
+"""What a model holds, without writing anything (`tfopt inspect SRC`).
 
 It answers "what are my input and output names", which training-only ops and optimizer
 state the source carries, and which ops each target cannot express.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import sys
+import os
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
-from tfopt.cli import guarded, value_arg
 from tfopt.errors import TfoptError
+from tfopt.options import FreezeOptions
 
-EPILOG = "exit codes: 0 success; 1 internal error; 2 usage error or unreadable input"
 
+def inspect(src: str | os.PathLike, options: FreezeOptions | None = None,
+            **overrides: Any) -> dict:
+    """A JSON-ready description of a model in any input format tfopt reads; `options` (or
+    FreezeOptions fields as keywords) choose the signature, cuts and opset."""
+    from dataclasses import replace
 
-def inspect(src, *, signature: str = "serving_default", tags=None, inputs=None,
-            outputs=None, freeze_placeholders=None, opset: int | None = None) -> dict:
-    """A JSON-ready description of a model in any input format tfopt reads."""
     from tfopt.categories import CATEGORIES, classify
-    from tfopt.exporters import EXPORTERS, ExportOptions
-    from tfopt.loaders import LOADERS, LoadOptions, detect_format, load
+    from tfopt.exporters import EXPORTERS, ExportOptions, prepare
+    from tfopt.loaders import LOADERS, detect_format, load
     from tfopt.loaders.base import graph_stats
     from tfopt.loaders.tf1 import candidate_outputs, cut_hint, input_sources
-    from tfopt.passes import DEFAULT_PIPELINE, run_pipeline
+    from tfopt.passes import run_pipeline
 
+    opts = replace(options or FreezeOptions(), **overrides)
     path = Path(src)
     fmt = detect_format(path)
-    options = LoadOptions(signature=signature, tags=list(tags) if tags else None,
-                          inputs=list(inputs) if inputs else None,
-                          outputs=list(outputs) if outputs else None,
-                          freeze=dict(freeze_placeholders or {}))
-    described = LOADERS[fmt].describe(path, options)
+    load_options = opts.load_options()
+    described = LOADERS[fmt].describe(path, load_options)
     graph_def = described.graph_def
     nodes, ops = graph_stats(graph_def)
     every_node = list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
@@ -56,28 +54,28 @@ def inspect(src, *, signature: str = "serving_default", tags=None, inputs=None,
                        for p in placeholders],
             "iterators": [_reader_hint(graph_def, r, cut_hint) for r in readers]}
     try:
-        model, _ = run_pipeline(load(path, options).model, DEFAULT_PIPELINE)
+        model, _ = run_pipeline(load(path, load_options).model, opts.passes)
     except TfoptError as exc:  # e.g. outputs still to be chosen: the rest stands
         report["note"] = f"not frozen, so no target check: {exc}"
         return report
-    export = ExportOptions(opset=opset)
-    report["unsupported_ops"] = {fmt: module.unsupported_ops(model, export)
+    export = ExportOptions(opset=opts.opset)
+    report["unsupported_ops"] = {fmt: module.unsupported_ops(prepare(fmt, model)[0], export)
                                  for fmt, module in EXPORTERS.items()}
     return report
 
 
-def _dtype(node) -> str:
+def _dtype(node: Any) -> str:
     import tensorflow as tf
 
     return tf.as_dtype(node.attr["dtype"].type).name
 
 
-def _shape(node):
+def _shape(node: Any) -> list | None:
     shape = node.attr["shape"].shape
     return None if shape.unknown_rank else [None if d.size < 0 else d.size for d in shape.dim]
 
 
-def _reader_hint(graph_def, reader, cut_hint) -> dict:
+def _reader_hint(graph_def: Any, reader: Any, cut_hint: Any) -> dict:
     import tensorflow as tf
 
     graph = tf.Graph()
@@ -121,47 +119,3 @@ def text(report: dict) -> str:
     if report["note"]:
         lines.append(report["note"])
     return "\n".join(lines)
-
-
-def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="tfopt inspect", epilog=EPILOG,
-        description="Show a model's signatures (or candidate inputs and outputs), op "
-                    "histogram, training-only ops, variables and unsupported ops per target.")
-    parser.add_argument("src", help="any model tfopt reads")
-    parser.add_argument("--signature", default="serving_default",
-                        help="signature whose frozen graph is checked against the targets")
-    parser.add_argument("--tag", help="comma-separated MetaGraph tag set")
-    parser.add_argument("--inputs", help="TF1 graphs: as for tfopt freeze")
-    parser.add_argument("--outputs", help="TF1 graphs: as for tfopt freeze")
-    parser.add_argument("--freeze-placeholder", action="append", default=[], type=value_arg,
-                        metavar="NAME=VALUE", help="TF1 graphs: as for tfopt freeze")
-    parser.add_argument("--opset", type=int, help="ONNX opset to check against")
-    parser.add_argument("--json", action="store_true", help="print JSON")
-    parser.add_argument("--debug", action="store_true", help="show library logs and tracebacks")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    from tfopt.logs import quiet_libraries
-
-    args = parser().parse_args(argv)
-    quiet_libraries(args.debug)
-    def describe():
-        from tfopt.loaders.tf1 import split_specs
-
-        return inspect(args.src, signature=args.signature,
-                       tags=args.tag.split(",") if args.tag else None,
-                       inputs=split_specs(args.inputs) if args.inputs else None,
-                       outputs=split_specs(args.outputs) if args.outputs else None,
-                       freeze_placeholders=dict(args.freeze_placeholder), opset=args.opset)
-
-    report, code = guarded(describe, args.debug)
-    if code is not None:
-        return code
-    print(json.dumps(report, indent=2, default=str) if args.json else text(report))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,9 +12,13 @@ model before and after on random inputs: a loop that is not exactly a GRU stays 
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-TOLERANCE = 1e-4
+from tfopt.exporters.onnx.rewrites.registry import register_rewrite
+from tfopt.exporters.onnx.runtime import run_random
+from tfopt.passes.base import PassLog
 
 
 def _body(loop):
@@ -65,17 +69,28 @@ def _gru_roles(loop, constants: dict) -> dict | None:
             "scan": len(scan), "h0": loop.input[2 + state]}
 
 
-def rewrite_grus(proto, check) -> tuple[object, list[str]]:
-    """Replace GRU Loops by GRU ops; `check(candidate) -> bool` verifies each rewrite."""
+@register_rewrite("gru", min_opset=7)
+def gru(proto: Any, log: PassLog) -> Any:
+    """Replace GRU Loops by GRU ops, each kept only if onnxruntime gives the same outputs
+    before and after on random inputs."""
     import onnx
     from onnx import helper, numpy_helper
 
+    loops = [n for n in proto.graph.node if n.op_type == "Loop"]
+    if not loops:
+        return proto
+    reference = run_random(proto)
+    if reference is None:
+        for loop in loops:
+            log.skip(loop.name, "onnxruntime cannot run the model on random inputs, so no "
+                     "rewrite could be verified")
+        return proto
     graph = proto.graph
     constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    rewritten = []
-    for loop in [n for n in graph.node if n.op_type == "Loop"]:
+    for loop in loops:
         roles = _gru_roles(loop, constants)
         if roles is None or roles["scan"] > 1:
+            log.skip(loop.name, "its body is not a GRU cell with at most one sequence output")
             continue
         readers = {i for n in graph.node if n is not loop for i in n.input} | \
             {o.name for o in graph.output}
@@ -83,15 +98,25 @@ def rewrite_grus(proto, check) -> tuple[object, list[str]]:
         scan_out = loop.output[roles["carried"]] if roles["scan"] else None
         others = [o for o in loop.output if o not in (state_out, scan_out)]
         if any(o in readers for o in others):
-            continue  # the loop's counter or weights are read: not a plain cell
+            log.skip(loop.name, "the loop's counter or weights are read: not a plain cell")
+            continue
         candidate = onnx.ModelProto()
         candidate.CopyFrom(proto)
         _replace(candidate.graph, loop.name, roles, state_out, scan_out, helper, numpy_helper)
-        if check(candidate):
-            proto = candidate
-            graph = proto.graph
-            rewritten.append(loop.name)
-    return proto, rewritten
+        if not _same(reference, run_random(candidate)):
+            log.skip(loop.name, "the GRU op's outputs differ from the loop's on random inputs")
+            continue
+        proto = candidate
+        graph = proto.graph
+        log.change("native_gru", node=loop.name, units=roles["units"],
+                   linear_before_reset=int(roles["bias"].ndim == 2))
+    return proto
+
+
+def _same(reference: list, outputs: list | None) -> bool:
+    return outputs is not None and all(
+        a.shape == b.shape and np.allclose(a, b, atol=1e-5, rtol=1e-4)
+        for a, b in zip(reference, outputs))
 
 
 def _replace(graph, loop_name: str, roles: dict, state_out: str, scan_out, helper,

@@ -1,0 +1,188 @@
+"""Each ONNX rewrite alone, on a tiny hand-built ONNX graph: what it changes, what it skips
+and why, and that onnxruntime computes the same before and after."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from tfopt.exporters.onnx.rewrites import REWRITES, run_rewrites
+from tfopt.exporters.onnx.runtime import session
+from tfopt.passes.base import PassLog
+
+RNG = np.random.default_rng(0)
+
+
+def model(nodes, inputs, outputs, initializers=(), opset=17):
+    arrays = [numpy_helper.from_array(v, k) for k, v in dict(initializers).items()]
+    graph = helper.make_graph(nodes, "g", inputs, outputs, arrays)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    proto.ir_version = 8
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def tensor(name, shape, dtype=TensorProto.FLOAT):
+    return helper.make_tensor_value_info(name, dtype, shape)
+
+
+def rewrite(name, proto):
+    """(rewritten copy, log) through the driver's checks."""
+    log = PassLog()
+    source = onnx.ModelProto()
+    source.CopyFrom(proto)
+    out = REWRITES[name].fn(source, log)
+    onnx.checker.check_model(out, full_check=True)
+    return out, log
+
+
+def same_outputs(before, after, feed):
+    for a, b in zip(session(before).run(None, feed), session(after).run(None, feed)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def dense(bias_shape=(4,), a_shape=(2, 3), extra_reader=False):
+    weights = RNG.standard_normal((3, 4)).astype(np.float32)
+    bias = RNG.standard_normal(bias_shape).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["mm"], name="dense/MatMul"),
+             helper.make_node("Add", ["mm", "b"], ["y"], name="dense/Add")]
+    out_shape = [*a_shape[:-1], 4]
+    outputs = [tensor("y", out_shape)]
+    if extra_reader:
+        nodes.append(helper.make_node("Relu", ["mm"], ["z"], name="other"))
+        outputs.append(tensor("z", out_shape))
+    return model(nodes, [tensor("x", list(a_shape))], outputs, {"w": weights, "b": bias})
+
+
+def test_gemm_fuses_a_dense_layer():
+    proto = dense()
+    out, log = rewrite("gemm", proto)
+    assert [n.op_type for n in out.graph.node] == ["Gemm"]
+    assert log.changes == [{"action": "fused", "node": "dense/Add", "pattern": "MatMul+Add"}]
+    same_outputs(proto, out, {"x": RNG.standard_normal((2, 3)).astype(np.float32)})
+
+
+@pytest.mark.parametrize("case, reason", [
+    ({"bias_shape": (2, 4)}, "bias"),
+    ({"a_shape": (2, 2, 3)}, "2-D"),
+    ({"extra_reader": True}, "exactly one Add"),
+])
+def test_gemm_skips_what_gemm_cannot_express(case, reason):
+    out, log = rewrite("gemm", dense(**case))
+    assert "Gemm" not in [n.op_type for n in out.graph.node] and not log.changes
+    assert log.skipped[0]["node"] == "dense/MatMul" and reason in log.skipped[0]["reason"]
+
+
+def hard_chain(kind: str, divisor: float = 6.0):
+    """Keras' hard_sigmoid / hard_swish as tf2onnx writes them."""
+    consts = {"three": np.float32(3), "zero": np.float32(0), "six": np.float32(6),
+              "sixth": np.float32(1 / divisor)}
+    nodes = [helper.make_node("Add", ["x", "three"], ["a"], name="add"),
+             helper.make_node("Clip", ["a", "zero", "six"], ["c"], name="clip"),
+             helper.make_node("Mul", ["c", "sixth"], ["s" if kind == "swish" else "y"],
+                              name="scale")]
+    if kind == "swish":
+        nodes.append(helper.make_node("Mul", ["x", "s"], ["y"], name="swish"))
+    return model(nodes, [tensor("x", [2, 5])], [tensor("y", [2, 5])],
+                 {k: np.array(v) for k, v in consts.items()})
+
+
+@pytest.mark.parametrize("kind, op", [("sigmoid", "HardSigmoid"), ("swish", "HardSwish")])
+def test_hard_activations_become_one_op(kind, op):
+    proto = hard_chain(kind)
+    out, log = rewrite("hard_activations", proto)
+    assert [n.op_type for n in out.graph.node] == [op]
+    assert not out.graph.initializer  # the chain's constants are gone with it
+    assert log.changes[0]["op"] == op
+    same_outputs(proto, out, {"x": np.linspace(-5, 5, 10, dtype=np.float32).reshape(2, 5)})
+
+
+def test_hard_activations_skip_a_clip_that_is_not_one():
+    out, log = rewrite("hard_activations", hard_chain("sigmoid", divisor=5.0))
+    assert "HardSigmoid" not in [n.op_type for n in out.graph.node]
+    assert log.skipped == [{"node": "clip", "reason": "its only reader does not divide by 6"}]
+
+
+def test_hard_activations_need_opset_14():
+    proto = hard_chain("swish")
+    proto.opset_import[0].version = 13
+    out, steps = run_rewrites(proto, ["hard_activations"])
+    assert "HardSwish" not in [n.op_type for n in out.graph.node]
+    assert "opset 13" in steps[0]["skipped"][0]["reason"]
+
+
+def round_trip(output_is_cast: bool):
+    cast16 = helper.make_node("Cast", ["r"], ["h"], to=TensorProto.FLOAT16, name="to16")
+    cast32 = helper.make_node("Cast", ["h"], ["f" if not output_is_cast else "y"],
+                              to=TensorProto.FLOAT, name="to32")
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"), cast16, cast32]
+    if not output_is_cast:
+        nodes.append(helper.make_node("Neg", ["f"], ["y"], name="neg"))
+    nodes.append(helper.make_node("Cast", ["x"], ["k"], to=TensorProto.FLOAT, name="plain"))
+    nodes.append(helper.make_node("Identity", ["k"], ["z"], name="keep"))
+    return model(nodes, [tensor("x", [3])], [tensor("y", [3]), tensor("z", [3])])
+
+
+@pytest.mark.parametrize("output_is_cast", [False, True])
+def test_cast_round_trips_become_plain_edges(output_is_cast):
+    proto = round_trip(output_is_cast)
+    out, log = rewrite("cast_round_trips", proto)
+    ops = [n.op_type for n in out.graph.node]
+    assert ops.count("Cast") == 1  # only the cast that was no round trip
+    assert [c["node"] for c in log.changes] == ["to32"]
+    assert log.skipped == [{"node": "plain", "reason": "its input is not a Cast to fp16"}]
+    big = np.array([1e5, -1.0, 7e4], np.float32)  # beyond fp16: the round trip made it inf
+    assert np.isfinite(session(out).run(None, {"x": big})[0]).all()
+
+
+def test_compact_names_drops_the_shared_scope_and_keeps_io_names():
+    nodes = [helper.make_node("Relu", ["x"], ["model/block/r"], name="model/block/relu"),
+             helper.make_node("Neg", ["model/block/r"], ["y"], name="model/block/neg")]
+    out, log = rewrite("compact_names", model(nodes, [tensor("x", [2])], [tensor("y", [2])]))
+    assert [n.name for n in out.graph.node] == ["relu", "neg"]
+    assert out.graph.node[1].input[0] == "r" and out.graph.node[1].output[0] == "y"
+    assert log.changes[0]["prefix"] == "model/block/"
+
+
+def test_compact_names_skips_when_names_would_collide():
+    nodes = [helper.make_node("Relu", ["x"], ["s/r"], name="s/relu"),
+             helper.make_node("Neg", ["s/r"], ["r"], name="neg"),
+             helper.make_node("Abs", ["r"], ["y"], name="s/abs")]
+    out, log = rewrite("compact_names", model(nodes, [tensor("x", [2])], [tensor("y", [2])]))
+    assert out.graph.node[0].name == "s/relu"
+    assert "two names equal" in log.skipped[0]["reason"]
+
+
+def test_gru_skips_a_loop_that_is_not_a_gru_cell():
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Add", ["acc_in", "one"], ["acc_out"])],
+        "body", [tensor("i", [], TensorProto.INT64), tensor("cond_in", [], TensorProto.BOOL),
+                 tensor("acc_in", [2])],
+        [tensor("cond_out", [], TensorProto.BOOL), tensor("acc_out", [2])],
+        [numpy_helper.from_array(np.ones(2, np.float32), "one")])
+    loop = helper.make_node("Loop", ["n", "", "x"], ["y"], body=body, name="counter")
+    proto = model([loop], [tensor("x", [2])], [tensor("y", [2])],
+                  {"n": np.array(3, np.int64)})
+    out, log = rewrite("gru", proto)
+    assert [n.op_type for n in out.graph.node] == ["Loop"]
+    assert log.skipped == [{"node": "counter", "reason":
+                            "its body is not a GRU cell with at most one sequence output"}]
+
+
+@pytest.mark.parametrize("name", ["onnxoptimizer", "onnxslim"])
+def test_maintained_optimizers_report_their_op_changes(name):
+    nodes = [helper.make_node("Identity", ["x"], ["t"]), helper.make_node("Relu", ["t"], ["y"])]
+    out, log = rewrite(name, model(nodes, [tensor("x", [2])], [tensor("y", [2])]))
+    assert [n.op_type for n in out.graph.node] == ["Relu"]
+    assert {"action": "removed", "op": "Identity", "count": 1} in log.changes
+
+
+def test_every_registered_rewrite_is_tested_here():
+    import inspect
+    import sys
+
+    source = inspect.getsource(sys.modules[__name__])
+    untested = [name for name in REWRITES if f'"{name}"' not in source]
+    assert not untested, f"ONNX rewrites without a test here: {untested}"

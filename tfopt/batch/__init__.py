@@ -1,0 +1,104 @@
+"""Batch conversion: many models, each in a worker process, resumable, with a summary.
+
+    tfopt batch SOURCES... -o OUT [--workers N] [--timeout S] [--executor local|ray]
+
+A source is a directory whose children are models, a glob, or a manifest (.jsonl, .csv,
+.toml) whose rows give `src` and per-model options (FreezeOptions fields). Every model is
+converted by `tfopt.freeze` into OUT/<name>/; OUT/summary.{json,csv,md} has one row per
+model x target. jobs.py finds the models, executors.py runs them, summary.py reports.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from tfopt.batch.executors import LocalExecutor, RayExecutor
+from tfopt.batch.jobs import Job, content_key, discover
+from tfopt.batch.summary import Progress, write_summary
+from tfopt.files import path_bytes
+from tfopt.options import FreezeOptions
+
+EXIT_SOME_FAILED = 5
+STATE_DIR = ".batch"  # OUT/.batch/<name>.json: what the last conversion of a model was
+
+
+@dataclass
+class BatchResult:
+    records: list[dict]
+    skipped: list[str]
+    out_dir: str
+    seconds: float
+
+    @property
+    def failed(self) -> list[dict]:
+        return [r for r in self.records if r["status"] != "ok"]
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_SOME_FAILED if self.failed else 0
+
+
+def run_batch(sources: list[str], out_dir: str | os.PathLike, *, workers: int | None = None,
+              timeout: float | None = None, executor: str = "local",
+              address: str | None = None, force: bool = False, fail_fast: bool = False,
+              ray_cpus: float = 1.0, ray_memory_mb: int = 4096, progress: Any = None,
+              options: FreezeOptions | None = None, **overrides: Any) -> BatchResult:
+    """Convert many models; the Python API behind `tfopt batch`.
+
+    options (or FreezeOptions fields as keywords: targets, quantize, ...) apply to every
+    model; a manifest row overrides them for its model. Models whose source, options and tfopt
+    version are unchanged since they last converted are skipped unless `force`.
+    """
+    start = time.perf_counter()
+    out = Path(out_dir)
+    jobs = discover(list(sources), replace(options or FreezeOptions(), **overrides).validate())
+    state = out / STATE_DIR
+    state.mkdir(parents=True, exist_ok=True)
+    records, todo, skipped = [], [], []
+    for job in jobs:
+        job.key = content_key(job)
+        previous = _read_state(state / f"{job.name}.json")
+        if not force and previous and previous.get("key") == job.key \
+                and previous.get("status") == "ok" and (out / job.name).is_dir():
+            records.append(dict(previous, skipped=True))
+            skipped.append(job.name)
+        else:
+            todo.append(job.__dict__.copy())
+    progress = progress or Progress(len(jobs), len(skipped))
+    stop = {"flag": False}
+
+    def on_done(record: dict) -> bool:
+        record = dict(record, finished_at=time.time())
+        (state / f"{record['name']}.json").write_text(json.dumps(record, default=str))
+        records.append(record)
+        progress.update(record)
+        if record["status"] != "ok" and fail_fast:
+            stop["flag"] = True
+        return not stop["flag"]
+
+    # largest sources first: with several workers, a big model started last would finish last
+    todo.sort(key=lambda job: -path_bytes(Path(job["src"])))
+    if todo:
+        runner = RayExecutor(address, timeout, ray_cpus, ray_memory_mb) if executor == "ray" \
+            else LocalExecutor(workers or os.cpu_count() or 1, timeout)
+        runner.run(todo, str(out), on_done)
+    progress.close()
+    order = {j.name: i for i, j in enumerate(jobs)}
+    records.sort(key=lambda r: order.get(r["name"], len(order)))
+    result = BatchResult(records, skipped, str(out), round(time.perf_counter() - start, 2))
+    write_summary(out, result.records, result.failed, result.skipped, result.seconds)
+    return result
+
+
+def _read_state(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+__all__ = ["EXIT_SOME_FAILED", "BatchResult", "Job", "run_batch"]

@@ -1,0 +1,84 @@
+"""What every command shares: the one-line error contract, and the flags generated from
+FreezeOptions (so the API, `tfopt`, `tfopt inspect` and `tfopt batch` cannot drift apart)."""
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from tfopt.errors import EXIT_INTERNAL, TfoptError
+from tfopt.options import SOURCE, option_default, option_fields
+
+T = TypeVar("T")
+
+EXIT_CODES = ("exit codes: 0 success; 1 internal error (a bug: rerun with --debug and report "
+              "it); 2 usage error or unreadable input; 3 a target failed to convert (the "
+              "others are written); 4 an artifact's outputs differ from the original beyond "
+              "tolerance; 5 (batch) some models failed")
+
+
+def guarded(call: Callable[[], T], debug: bool) -> tuple[T | None, int | None]:
+    """(call(), None), or (None, exit code) once a TfoptError or a bug is reported in one
+    line (traceback with --debug): the contract every command keeps."""
+    try:
+        return call(), None
+    except TfoptError as exc:
+        return None, fail(exc, debug, exc.exit_code, "error")
+    except Exception as exc:  # a bug: keep the one-line contract, traceback on --debug
+        return None, fail(exc, debug, EXIT_INTERNAL, "internal error")
+
+
+def fail(exc: BaseException, debug: bool, code: int, kind: str) -> int:
+    if debug:
+        traceback.print_exc()
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    hint = "" if debug or code != EXIT_INTERNAL else " (rerun with --debug for the traceback)"
+    print(f"tfopt: {kind}: {message}{hint}", file=sys.stderr)
+    return code
+
+
+def option_parser(groups: tuple[str, ...]) -> argparse.ArgumentParser:
+    """A parent parser with the FreezeOptions flags of the given groups. Flags default to
+    None, so that only what the user typed overrides FreezeOptions' own defaults."""
+    parser = argparse.ArgumentParser(add_help=False)
+    sections = {g: parser.add_argument_group(f"{g} options") for g in groups}
+    for spec in option_fields():
+        flag = spec.metadata["cli"]
+        if flag.group not in groups:
+            continue
+        default = option_default(spec.name)
+        shown = "" if default is None or default is False or default in ({}, ()) else \
+            f" (default: {','.join(default) if isinstance(default, tuple) else default})"
+        kwargs: dict[str, Any] = {"dest": spec.name, "default": None,
+                                  "help": flag.help + shown}
+        if spec.type in ("bool", bool):
+            kwargs["action"] = "store_true"
+        else:
+            kwargs.update(type=flag.parse, choices=flag.choices,
+                          metavar=flag.metavar or spec.name.upper())
+            if flag.choices:
+                kwargs.pop("metavar")
+            if flag.repeat:
+                kwargs["action"] = "append"
+        sections[flag.group].add_argument(flag.flag or "--" + spec.name.replace("_", "-"),
+                                          **kwargs)
+    return parser
+
+
+def given_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The FreezeOptions fields the user gave on the command line."""
+    given = {}
+    for spec in option_fields():
+        value = getattr(args, spec.name, None)
+        if value is not None:
+            given[spec.name] = dict(value) if spec.metadata["cli"].repeat else value
+    return given
+
+
+def source_parser() -> argparse.ArgumentParser:
+    """The flags every command takes: what to freeze, and --debug."""
+    parser = option_parser((SOURCE,))
+    parser.add_argument("--debug", action="store_true", help="show library logs and tracebacks")
+    return parser

@@ -1,0 +1,58 @@
+"""ONNX (`model.onnx`): tf2onnx on the frozen graph (convert.py), the rewrites (rewrites/),
+optional quantization (quantize.py), checked by onnx.checker and run in onnxruntime
+(runtime.py)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from tfopt.errors import ConversionError, first_line
+from tfopt.exporters.base import PRECISION, QUANTIZE_MODES, Exported, ExportOptions
+from tfopt.exporters.onnx.convert import default_opset, to_onnx
+from tfopt.exporters.onnx.convert import unsupported_ops as _tf2onnx_unsupported
+from tfopt.exporters.onnx.quantize import QUANTIZERS, quiet_logging
+from tfopt.exporters.onnx.rewrites import POST_OPTIMIZE, run_rewrites
+from tfopt.exporters.onnx.runtime import describe, runner
+from tfopt.model import Model
+
+FORMAT = "onnx"
+FILENAME = "model.onnx"
+MODES = frozenset(QUANTIZE_MODES)
+# TF passes that make the frozen graph convertible; TF's CPU kernels may no longer run it
+PREPARE = ("inline_xla_calls", "erfc_to_erf")
+
+RECURRENT = {"LSTM": "native ONNX LSTM (tf2onnx's LSTM rewriter)",
+             "GRU": "native ONNX GRU (tfopt's GRU loop rewrite, verified by running both)",
+             "RNN": "native ONNX RNN", "Loop": "generic Loop (no native op matched)",
+             "Scan": "generic Scan (no native op matched)"}
+
+__all__ = ["FILENAME", "FORMAT", "MODES", "PREPARE", "default_opset", "describe", "export",
+           "runner", "unsupported_ops"]
+
+
+def unsupported_ops(model: Model, options: ExportOptions) -> list[str]:
+    return _tf2onnx_unsupported(model, options.opset or default_opset())
+
+
+def export(model: Model, path: Path, options: ExportOptions) -> Exported:
+    import onnx
+
+    proto = to_onnx(model, options.opset or default_opset())
+    converted = {"step": "tf2onnx", "nodes": len(proto.graph.node)}
+    proto, steps = run_rewrites(proto, POST_OPTIMIZE)
+    steps.insert(0, converted)
+    recurrent = [{"node": n.name, "op": n.op_type, "conversion": RECURRENT[n.op_type]}
+                 for n in proto.graph.node if n.op_type in RECURRENT]
+    precision = PRECISION[options.quantize]
+    if options.quantize != "none":
+        try:
+            with quiet_logging():
+                steps += QUANTIZERS[options.quantize](proto, path, options)
+        except ConversionError:
+            raise
+        except Exception as exc:  # onnxruntime.quantization raises anything
+            raise ConversionError(f"onnxruntime cannot quantize to {options.quantize}: "
+                                  f"{first_line(exc)}") from exc
+        proto = onnx.load(str(path))
+    proto, named = run_rewrites(proto, ["compact_names"])
+    onnx.save(proto, str(path))
+    return Exported(precision=precision, steps=steps + named, recurrent=recurrent)

@@ -1,0 +1,236 @@
+"""FreezeOptions: every option of a conversion, defined, documented and validated once.
+
+`tfopt.freeze`, the command line (`tfopt`, `tfopt inspect`, `tfopt batch`) and batch
+manifests all build this object; the command-line flags are generated from its fields
+(`commands/common.py`), so an option cannot be forgotten in one entry point.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any
+
+from tfopt.errors import UsageError
+from tfopt.exporters import EXPORTERS
+from tfopt.exporters.base import CALIBRATED, QUANTIZE_MODES
+from tfopt.passes import DEFAULT_PIPELINE, REGISTRY
+
+if TYPE_CHECKING:  # the loaders import TensorFlow's types lazily; options stay light
+    from tfopt.loaders.base import LoadOptions
+
+TARGETS = tuple(EXPORTERS)
+QUANTIZE_CHOICES = QUANTIZE_MODES + ("auto",)
+OBJECTIVES = ("size", "latency")
+
+# flag groups: SOURCE flags choose what is frozen (every command takes them); the others
+# shape a conversion (tfopt and tfopt batch)
+SOURCE, VERIFY, QUANTIZE, OUTPUT = "source", "verification", "quantization", "output"
+
+
+def comma_list(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def split_specs(text: str) -> tuple[str, ...]:
+    """'a:0:float32:1,8,8,1,b' -> ('a:0:float32:1,8,8,1', 'b'): a bare number continues the
+    shape before it (TF node names never start with a digit)."""
+    specs: list[str] = []
+    for token in (t.strip() for t in text.split(",")):
+        if re.fullmatch(r"-?\d+", token) and specs:
+            specs[-1] += "," + token
+        elif token:
+            specs.append(token)
+    return tuple(specs)
+
+
+def bool_arg(text: str) -> bool:
+    """A manifest cell: true/false, yes/no, 1/0."""
+    lowered = text.strip().lower()
+    if lowered not in ("true", "false", "yes", "no", "1", "0"):
+        raise ValueError(f"'{text}' is not true or false")
+    return lowered in ("true", "yes", "1")
+
+
+def shape_arg(text: str) -> tuple[str, tuple[int, ...]]:
+    name, sep, dims = text.rpartition("=")
+    try:
+        if not sep or not name:
+            raise ValueError
+        return name, tuple(int(d) for d in dims.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not name=d1,d2,... (e.g. "
+                                         "image=1,224,224,3)") from None
+
+
+def value_arg(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name or not value:
+        raise argparse.ArgumentTypeError(f"'{text}' is not name=value (e.g. is_training=false)")
+    return name, value
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How a FreezeOptions field appears on the command line and in manifests."""
+
+    help: str
+    group: str
+    flag: str | None = None  # default: --field-name
+    parse: Callable[[str], Any] | None = None  # the text of one flag -> the value
+    repeat: bool = False  # repeatable NAME=VALUE flag; the values form a dict
+    choices: tuple[str, ...] | None = None
+    metavar: str | None = None
+    aliases: tuple[str, ...] = ()  # other manifest keys for the field
+
+
+def _opt(default: Any, flag: Flag) -> Any:
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata={"cli": flag})
+    return field(default=default, metadata={"cli": flag})
+
+
+@dataclass(frozen=True)
+class FreezeOptions:
+    """Everything that shapes one conversion; see the README's Usage for each."""
+
+    targets: tuple[str, ...] = _opt(TARGETS, Flag(
+        "comma-separated targets", OUTPUT, flag="--to", parse=comma_list, aliases=("to",)))
+    signature: str = _opt("serving_default", Flag("SavedModel signature to freeze", SOURCE))
+    tags: tuple[str, ...] | None = _opt(None, Flag(
+        "comma-separated MetaGraph tag set (default: serve)", SOURCE, flag="--tag",
+        parse=comma_list))
+    input_shapes: Mapping[str, tuple[int, ...]] = _opt({}, Flag(
+        "fix an input's shape (repeatable)", VERIFY, flag="--input-shape", parse=shape_arg,
+        repeat=True, metavar="NAME=D1,D2,..."))
+    inputs: tuple[str, ...] | None = _opt(None, Flag(
+        "TF1 graphs: comma-separated tensors to feed, each name[:dtype[:d1,d2,...]] (-1: "
+        "unknown dim) and replaced by a placeholder, e.g. IteratorGetNext:0:float32:1,8,8,1",
+        SOURCE, parse=split_specs))
+    outputs: tuple[str, ...] | None = _opt(None, Flag(
+        "TF1 graphs: comma-separated output tensors", SOURCE, parse=split_specs))
+    freeze_placeholders: Mapping[str, Any] = _opt({}, Flag(
+        "TF1 graphs: give a placeholder a constant value, e.g. is_training=false (repeatable)",
+        SOURCE, flag="--freeze-placeholder", parse=value_arg, repeat=True,
+        metavar="NAME=VALUE"))
+    data: Any = _opt(None, Flag(".npz of verification inputs keyed by input name", VERIFY))
+    samples: int = _opt(3, Flag("random verification samples when --data is not given",
+                                VERIFY, parse=int))
+    atol: float = _opt(1e-4, Flag("absolute tolerance", VERIFY, parse=float))
+    rtol: float = _opt(1e-3, Flag("relative tolerance", VERIFY, parse=float))
+    opset: int | None = _opt(None, Flag("ONNX opset (default: highest supported)", SOURCE,
+                                        parse=int))
+    overwrite: bool = _opt(False, Flag("replace a non-empty output directory", OUTPUT,
+                                       parse=bool_arg))
+    quantize: str = _opt("none", Flag("post-training quantization", QUANTIZE,
+                                      choices=QUANTIZE_CHOICES))
+    calibration: Any = _opt(None, Flag(
+        "calibration data: .npz keyed by input name, a directory of .npy files or images, "
+        "module:function, or random", QUANTIZE))
+    eval_data: Any = _opt(None, Flag(
+        ".npz of inputs plus 'labels': quantized artifacts are checked on it and their "
+        "top-1 accuracy reported", QUANTIZE, flag="--eval", aliases=("eval",)))
+    mean: float = _opt(0.0, Flag("images: subtracted from pixels (0-255) before --scale",
+                                 QUANTIZE, parse=float))
+    scale: float = _opt(1.0, Flag("images: pixel multiplier", QUANTIZE, parse=float))
+    int8_io: bool = _opt(False, Flag("TFLite int8: integer inputs and outputs too", QUANTIZE,
+                                     parse=bool_arg))
+    max_drop: float | None = _opt(None, Flag(
+        "accuracy drop allowed with --eval (default 0.01)", QUANTIZE, parse=float))
+    objective: str = _opt("size", Flag("what --quantize auto minimizes", QUANTIZE,
+                                       choices=OBJECTIVES))
+    min_cosine: float | None = _opt(None, Flag(
+        "override the per-precision cosine-similarity budget", QUANTIZE, parse=float))
+    min_agreement: float | None = _opt(None, Flag(
+        "override the per-precision top-1 agreement budget", QUANTIZE, parse=float))
+    passes: tuple[str, ...] = _opt(DEFAULT_PIPELINE, Flag(
+        "comma-separated TF pass pipeline", OUTPUT, parse=comma_list))
+
+    def __post_init__(self) -> None:
+        # sequences from Python callers and manifests become tuples, dicts stay dicts
+        for name in ("targets", "tags", "inputs", "outputs", "passes"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = option_flag(name).parse(value)  # type: ignore[misc]
+            if value is not None and not isinstance(value, tuple):
+                object.__setattr__(self, name, tuple(value))
+        shapes = {k: tuple(int(d) for d in v) for k, v in dict(self.input_shapes).items()}
+        object.__setattr__(self, "input_shapes", shapes)
+        object.__setattr__(self, "freeze_placeholders", dict(self.freeze_placeholders))
+
+    def validate(self) -> FreezeOptions:
+        """Check what can be checked without the model; returns self (targets deduplicated)."""
+        targets = tuple(dict.fromkeys(self.targets))
+        unknown = [t for t in targets if t not in TARGETS]
+        if unknown or not targets:
+            raise UsageError(f"unknown target '{','.join(unknown)}'; choose from "
+                             f"{', '.join(TARGETS)}")
+        if self.quantize not in QUANTIZE_CHOICES:
+            raise UsageError(f"unknown --quantize '{self.quantize}'; choose from "
+                             f"{', '.join(QUANTIZE_CHOICES)}")
+        if self.quantize in CALIBRATED and self.calibration is None:
+            raise UsageError(f"--quantize {self.quantize} needs calibration data: pass "
+                             "--calibration train_sample.npz (keys: input names), a directory "
+                             "of .npy files or images, or module:function; --calibration "
+                             "random only to try it out")
+        if self.objective not in OBJECTIVES:
+            raise UsageError(f"unknown --objective '{self.objective}'; choose size or latency")
+        unknown = [p for p in self.passes if p not in REGISTRY]
+        if unknown:
+            raise UsageError(f"unknown pass '{','.join(unknown)}'; passes: "
+                             f"{', '.join(sorted(REGISTRY))}")
+        return replace(self, targets=targets)
+
+    def load_options(self) -> LoadOptions:
+        from tfopt.loaders.base import LoadOptions
+
+        return LoadOptions(signature=self.signature, tags=list(self.tags) if self.tags else None,
+                           inputs=list(self.inputs) if self.inputs else None,
+                           outputs=list(self.outputs) if self.outputs else None,
+                           freeze=dict(self.freeze_placeholders))
+
+
+def parse_options(values: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """FreezeOptions fields from a manifest row: keys are field names or their aliases;
+    string values of structured fields are parsed as their flags are."""
+    keys = manifest_keys()
+    unknown = sorted(k for k in values if k not in keys)
+    if unknown:
+        raise UsageError(f"{where}: unknown option(s) {unknown}; known: "
+                         f"{', '.join(sorted(keys))}")
+    given = {}
+    for key, value in values.items():
+        name = keys[key]
+        flag = option_flag(name)
+        try:
+            if isinstance(value, str) and flag.repeat:  # a JSON object in CSV cells
+                value = json.loads(value)
+            elif isinstance(value, str) and flag.parse is not None:
+                value = flag.parse(value)
+        except (ValueError, argparse.ArgumentTypeError) as exc:
+            raise UsageError(f"{where}: {key}: {exc}") from None
+        given[name] = value
+    return given
+
+
+def option_fields() -> list:
+    return [f for f in fields(FreezeOptions) if "cli" in f.metadata]
+
+
+def option_flag(name: str) -> Flag:
+    return next(f.metadata["cli"] for f in fields(FreezeOptions) if f.name == name)
+
+
+def option_default(name: str) -> Any:
+    found = next(f for f in fields(FreezeOptions) if f.name == name)
+    return found.default if found.default_factory is MISSING else found.default_factory()
+
+
+def manifest_keys() -> dict[str, str]:
+    """Manifest key -> field name: every field, and each field's aliases."""
+    keys = {f.name: f.name for f in option_fields()}
+    keys.update({alias: f.name for f in option_fields() for alias in f.metadata["cli"].aliases})
+    return keys
+
