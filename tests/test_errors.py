@@ -105,6 +105,13 @@ def test_non_empty_output_needs_overwrite(tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
+    # --overwrite replaces only an output tfopt wrote (issue #12): keep.txt is not ours
+    assert main([str(SAMPLES / "debug_module"), "-o", str(out), "--to", "pb", "--overwrite",
+                 "-q"]) == 2
+    assert "tfopt wrote" in capsys.readouterr().err
+    (out / "keep.txt").unlink()
+    assert main([str(SAMPLES / "debug_module"), "-o", str(out), "--to", "pb", "-q"]) == 0
+    (out / "extra.txt").write_text("left in an output tfopt wrote")
     assert main([str(SAMPLES / "debug_module"), "-o", str(out), "--to", "pb", "--overwrite",
                  "-q"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["model.pb", "report.json"]

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 from collections import Counter
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from tfopt import __version__
 from tfopt.artifacts import build_and_check
@@ -16,13 +17,15 @@ from tfopt.categories import CATEGORIES
 from tfopt.data import read_feeds
 from tfopt.errors import InputError, UsageError, first_line
 from tfopt.exporters import EXPORTERS, ExportOptions, prepare
-from tfopt.graph import constant_bytes, op_histogram
-from tfopt.loaders import load
+from tfopt.graph import constant_bytes, non_finite_constants, op_histogram
+from tfopt.loaders import detect_format, load
 from tfopt.model import Model, random_feeds
 from tfopt.options import FreezeOptions
+from tfopt.output import check_output, make_staging, publish, writes_to
 from tfopt.passes import run_pipeline
 from tfopt.quantize import choose_precision
 from tfopt.report import ArtifactReport, FreezeResult, GraphSummary
+from tfopt.security import io_ops, refuse_io_ops, security_report
 from tfopt.verify import BUDGETS, Budget, Check, top1_accuracy
 
 VERIFY_SAMPLES = 64  # calibration samples that quantized artifacts are checked on
@@ -58,11 +61,26 @@ def freeze(src: str | os.PathLike, out_dir: str | os.PathLike | None = None,
     start = time.perf_counter()
     src = Path(src)
     out = Path(out_dir) if out_dir is not None else Path("tfopt_out") / (src.stem or "model")
-    _check_output(src, out, opts.overwrite)
+    detect_format(src)  # a missing or unreadable source costs no staging directory
+    out = check_output(src, out, opts.overwrite)
+    staging = make_staging(out)
+    try:
+        result = _run(src, out, staging, opts, start)
+        publish(staging, out, opts.overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return result
 
+
+def _run(src: Path, out: Path, staging: Path, opts: FreezeOptions, start: float
+         ) -> FreezeResult:
+    """Everything up to the publish: the finished output is in staging."""
     timings = {}
     loaded = load(src, opts.load_options())
     timings["load"] = round(time.perf_counter() - start, 2)
+    found = io_ops(loaded.model.graph_def, src if src.is_dir() else None)
+    refuse_io_ops(found, opts.allow_io_ops)  # before anything runs the model
     model = _fix_input_shapes(loaded.model, dict(opts.input_shapes))
     calibration_feeds = None if opts.calibration is None else read_feeds(
         opts.calibration, model.inputs, "--calibration", mean=opts.mean, scale=opts.scale)[0]
@@ -90,6 +108,7 @@ def freeze(src: str | os.PathLike, out_dir: str | os.PathLike | None = None,
     except Exception as exc:  # TF raises many types for a feed the model rejects
         raise InputError(f"the original model rejects the verification inputs: "
                          f"{first_line(exc)}; check --input-shape or --data") from exc
+    _check_finite(model, expected)
     check = Check(feeds, expected, opts.atol, opts.rtol, labels,
                   top1_accuracy(expected, labels) if labels is not None else None,
                   _budgets(opts.max_drop, opts.min_cosine, opts.min_agreement))
@@ -99,12 +118,10 @@ def freeze(src: str | os.PathLike, out_dir: str | os.PathLike | None = None,
     for report in reports[len(loaded.passes):]:  # the loader counted its own passes
         removed.update(report.removed)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        export = ExportOptions(opset=opts.opset, quantize=opts.quantize,
-                               calibration=calibration_feeds, int8_io=opts.int8_io)
-        artifacts = []
+    export = ExportOptions(opset=opts.opset, quantize=opts.quantize,
+                           calibration=calibration_feeds, int8_io=opts.int8_io)
+    artifacts = []
+    with writes_to(out):
         for fmt in opts.targets:
             prepared, prepared_reports = prepare(fmt, model)
             reports += prepared_reports
@@ -116,26 +133,29 @@ def freeze(src: str | os.PathLike, out_dir: str | os.PathLike | None = None,
             frozen=GraphSummary(len(model.graph_def.node), op_histogram(model.graph_def),
                                 constant_bytes(model.graph_def)),
             artifacts=artifacts, timings=timings,
-            reference_accuracy=check.reference_accuracy)
+            reference_accuracy=check.reference_accuracy,
+            security=security_report(found, opts.allow_io_ops))
         result.seconds = round(time.perf_counter() - start, 2)
         (staging / "report.json").write_text(result.to_json())
-        _publish(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return result
 
 
-def _check_output(src: Path, out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"output {out} is a file; choose a directory with -o")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UsageError(f"output directory {out} is not empty; pass --overwrite or choose "
-                         "another -o")
-    resolved_src, resolved_out = src.resolve(), out.resolve()
-    if resolved_out == resolved_src or resolved_src in resolved_out.parents \
-            or resolved_out in resolved_src.parents:
-        raise UsageError(f"output {out} overlaps the source {src}; choose an -o outside it")
+def _check_finite(model: Model, expected: list[dict]) -> None:
+    """Non-finite weights or reference outputs make every comparison meaningless: name
+    them instead of reporting a tolerance failure."""
+    bad = non_finite_constants(model.graph_def)
+    if bad:
+        shown = ", ".join(f"{name} ({count})" for name, count in bad[:3])
+        raise InputError(f"the model's weights hold NaN or Inf values: {shown}"
+                         + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+                         + "; fix the training run that produced them")
+    for name in expected[0] if expected else ():
+        values = [np.asarray(sample[name]) for sample in expected]
+        count = sum(int((~np.isfinite(v)).sum()) for v in values if v.dtype.kind == "f")
+        if count:
+            raise InputError(f"the original model's output '{name}' holds {count} NaN or Inf "
+                             "values on the verification inputs, so nothing can be compared; "
+                             "pass in-domain inputs with --data")
 
 
 def _budgets(max_drop: float | None, min_cosine: float | None,
@@ -176,17 +196,3 @@ def _export(fmt: str, model: Model, staging: Path, out: Path, options: ExportOpt
     if report.status == "ok":
         report.path = str(out / exporter.FILENAME)
     return report
-
-
-def _publish(staging: Path, out: Path) -> None:
-    """Move the finished output into place; an old output is replaced only now."""
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp made it private
-    if out.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-        out.rename(trash / out.name)
-        staging.rename(out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        staging.rename(out)

@@ -8,7 +8,9 @@ from pathlib import Path
 
 from tfopt.errors import ConversionError, first_line
 from tfopt.exporters import EXPORTERS, ExportOptions
+from tfopt.files import path_bytes, tree_digest
 from tfopt.model import Model
+from tfopt.output import write_failure
 from tfopt.report import ArtifactReport
 from tfopt.verify import Check
 
@@ -22,6 +24,8 @@ def build_and_check(fmt: str, model: Model, path: Path, options: ExportOptions,
         exported = exporter.export(model, path, options)
     except Exception as exc:  # one target failing must not stop the others
         remove(path)
+        if write_failure(exc):  # not the target's fault: the whole run cannot be written
+            raise
         details = exc.details if isinstance(exc, ConversionError) else {}
         message = str(exc) if isinstance(exc, ConversionError) else \
             f"{fmt} export failed: {first_line(exc)}"
@@ -35,7 +39,8 @@ def build_and_check(fmt: str, model: Model, path: Path, options: ExportOptions,
                             float_layers=list(options.float_layers),
                             recurrent=exported.recurrent,
                             seconds=round(time.perf_counter() - start, 2))
-    report.bytes = artifact_bytes(path)
+    report.bytes = path_bytes(path)
+    report.sha256 = tree_digest(path)
     report.ops = exporter.describe(path, model)
     report.nodes = sum(report.ops.values())
     start = time.perf_counter()
@@ -45,19 +50,18 @@ def build_and_check(fmt: str, model: Model, path: Path, options: ExportOptions,
         report.verify_seconds = round(time.perf_counter() - start, 2)
     except Exception as exc:  # the artifact's own runtime refused it: a failed target
         remove(path)
-        report.error = f"{fmt} runtime cannot run the artifact: {first_line(exc)}"
         report.blocking_ops = sorted(op for op in report.ops if op.startswith("Flex"))
+        report.error = f"{fmt} runtime cannot run the artifact: {first_line(exc)}"
+        if report.blocking_ops:  # the converter's Select TF ops fallback
+            report.error = (f"the TFLite artifact needs Select TF ops "
+                            f"({', '.join(report.blocking_ops)}), which the tf.lite.Interpreter "
+                            "from pip cannot run; run it with the Flex delegate "
+                            "(tensorflow-lite-select-tf-ops) or remove those ops")
         report.status, report.path, report.bytes, report.nodes, report.ops = \
             "failed", None, None, None, {}
         return report
     report.parity = check.verdict(actual, report.precision)
     return report
-
-
-def artifact_bytes(path: Path) -> int:
-    if path.is_dir():
-        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    return path.stat().st_size
 
 
 def remove(path: Path) -> None:

@@ -5,6 +5,8 @@ EXIT_INTERNAL = 1  # a bug in tfopt
 EXIT_USAGE = 2  # usage error or unreadable input
 EXIT_TARGET_FAILED = 3  # a target failed to convert; the others are still written
 EXIT_PARITY = 4  # an artifact's outputs differ from the original beyond tolerance
+EXIT_SOME_FAILED = 5  # tfopt batch: some models failed
+EXIT_OUTPUT = 6  # the output could not be written; nothing was published
 
 
 class TfoptError(Exception):

@@ -222,6 +222,20 @@ def constant_bytes(graph_def) -> int:
     return total
 
 
+def non_finite_constants(graph_def) -> list[tuple[str, int]]:
+    """(Const node, count) for every floating-point constant holding NaN or Inf."""
+    import numpy as np
+
+    found = []
+    for node in graph_def.node:
+        if node.op == "Const" and node.attr["dtype"].type in (1, 2, 14, 19):  # f32 f64 bf16 f16
+            value = const_value(node)
+            count = int(value.size - np.isfinite(value).sum())
+            if count:
+                found.append((node.name, count))
+    return found
+
+
 def rename_functions(graph_def, suffix: str):
     """A copy whose library functions all carry `suffix`, so that it can be imported into a
     context that already holds differently-optimized functions of the same names."""

@@ -26,6 +26,7 @@ def inspect(src: str | os.PathLike, options: FreezeOptions | None = None,
     from tfopt.loaders.base import graph_stats
     from tfopt.loaders.tf1 import candidate_outputs, cut_hint, input_sources
     from tfopt.passes import run_pipeline
+    from tfopt.security import io_ops, security_report
 
     opts = replace(options or FreezeOptions(), **overrides)
     path = Path(src)
@@ -43,7 +44,8 @@ def inspect(src: str | os.PathLike, options: FreezeOptions | None = None,
                               "outputs": [t.to_dict() for t in outs]}
                        for name, (ins, outs) in described.signatures.items()},
         "candidates": None, "training_ops": dict(sorted(training.items())),
-        "variables": described.variables, "unsupported_ops": None, "note": None,
+        "variables": described.variables, "unsupported_ops": None, "security": None,
+        "note": None,
     }
     if not described.signatures:
         found = candidate_outputs(graph_def)
@@ -54,7 +56,11 @@ def inspect(src: str | os.PathLike, options: FreezeOptions | None = None,
                        for p in placeholders],
             "iterators": [_reader_hint(graph_def, r, cut_hint) for r in readers]}
     try:
-        model, _ = run_pipeline(load(path, load_options).model, opts.passes)
+        loaded = load(path, load_options).model
+        # what verification would run: the frozen signature, before any pass
+        report["security"] = security_report(
+            io_ops(loaded.graph_def, path if path.is_dir() else None), opts.allow_io_ops)
+        model, _ = run_pipeline(loaded, opts.passes)
     except TfoptError as exc:  # e.g. outputs still to be chosen: the rest stands
         report["note"] = f"not frozen, so no target check: {exc}"
         return report
@@ -116,6 +122,12 @@ def text(report: dict) -> str:
         for fmt, ops in report["unsupported_ops"].items():
             lines.append(f"{fmt}: " + (f"cannot express {', '.join(ops)}" if ops
                                        else "every op supported"))
+    security = report.get("security")
+    if security and security["io_ops"]:
+        lines.append("side-effect ops (run only with --allow-io-ops): " + ", ".join(
+            f"{o['op']} {o['node']} ({o['family']})" for o in security["io_ops"]))
+    elif security is not None:
+        lines.append("side-effect ops: none")
     if report["note"]:
         lines.append(report["note"])
     return "\n".join(lines)

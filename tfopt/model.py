@@ -14,8 +14,12 @@ class TensorSpec:
     """A signature input or output. In the graph it is the tensor `<name>:0`."""
 
     name: str
-    dtype: str  # numpy dtype name, e.g. "float32"
+    dtype: str  # numpy dtype name, e.g. "float32", or "string"
     shape: tuple[int | None, ...] | None  # None: unknown rank
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        return np.dtype(object) if self.dtype == "string" else np.dtype(self.dtype)
 
     @property
     def tensor(self) -> str:
@@ -78,7 +82,7 @@ def random_feeds(inputs: list[TensorSpec], shapes: dict[str, tuple[int, ...]],
         feed = {}
         for spec in inputs:
             shape = spec.concrete_shape(shapes.get(spec.name))
-            dtype = np.dtype(spec.dtype)
+            dtype = spec.numpy_dtype
             if dtype == np.bool_:
                 feed[spec.name] = rng.integers(0, 2, shape).astype(bool)
             elif np.issubdtype(dtype, np.integer):

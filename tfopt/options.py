@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
+from tfopt.data import check_source
 from tfopt.errors import UsageError
 from tfopt.exporters import EXPORTERS
 from tfopt.exporters.base import CALIBRATED, QUANTIZE_MODES
@@ -145,6 +147,13 @@ class FreezeOptions:
         "override the per-precision cosine-similarity budget", QUANTIZE, parse=float))
     min_agreement: float | None = _opt(None, Flag(
         "override the per-precision top-1 agreement budget", QUANTIZE, parse=float))
+    unsafe_keras: bool = _opt(False, Flag(
+        "load a Keras file outside safe mode, running the Python code it holds (Lambda "
+        "layers); only for files you trust", SOURCE, parse=bool_arg))
+    allow_io_ops: bool = _opt(False, Flag(
+        "run a model whose serving graph reads or writes files, starts processes, talks to "
+        "the network or calls back into Python (verification runs the original model)",
+        SOURCE, parse=bool_arg))
     passes: tuple[str, ...] = _opt(DEFAULT_PIPELINE, Flag(
         "comma-separated TF pass pipeline", OUTPUT, parse=comma_list))
 
@@ -181,6 +190,25 @@ class FreezeOptions:
         if unknown:
             raise UsageError(f"unknown pass '{','.join(unknown)}'; passes: "
                              f"{', '.join(sorted(REGISTRY))}")
+        if not isinstance(self.samples, int) or isinstance(self.samples, bool) \
+                or self.samples < 1:
+            raise UsageError(f"--samples {self.samples}: verification needs at least 1 sample")
+        for name, low, high in (("atol", 0, None), ("rtol", 0, None), ("max_drop", 0, 1),
+                                ("min_cosine", -1, 1), ("min_agreement", 0, 1),
+                                ("mean", None, None), ("scale", None, None)):
+            _check_number(name, getattr(self, name), low, high)
+        for name, dims in self.input_shapes.items():
+            if not dims or any(d < 1 for d in dims):
+                raise UsageError(f"--input-shape {name}={','.join(map(str, dims))}: every "
+                                 "dimension must be a positive number")
+        if self.opset is not None and "onnx" in targets:
+            low, high = opset_range()
+            if not low <= self.opset <= high:
+                raise UsageError(f"--opset {self.opset} is outside what tf2onnx and the "
+                                 f"installed onnxruntime support ({low}..{high})")
+        for flag, source in (("--data", self.data), ("--calibration", self.calibration),
+                             ("--eval", self.eval_data)):
+            check_source(source, flag)
         return replace(self, targets=targets)
 
     def load_options(self) -> LoadOptions:
@@ -189,7 +217,8 @@ class FreezeOptions:
         return LoadOptions(signature=self.signature, tags=list(self.tags) if self.tags else None,
                            inputs=list(self.inputs) if self.inputs else None,
                            outputs=list(self.outputs) if self.outputs else None,
-                           freeze=dict(self.freeze_placeholders))
+                           freeze=dict(self.freeze_placeholders),
+                           unsafe_keras=self.unsafe_keras)
 
 
 def parse_options(values: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -213,6 +242,26 @@ def parse_options(values: Mapping[str, Any], where: str) -> dict[str, Any]:
             raise UsageError(f"{where}: {key}: {exc}") from None
         given[name] = value
     return given
+
+
+def _check_number(name: str, value: Any, low: float | None, high: float | None) -> None:
+    if value is None:
+        return
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value):
+        raise UsageError(f"{flag} {value}: must be a finite number")
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"at least {low}" if high is None else f"between {low} and {high}"
+        raise UsageError(f"{flag} {value}: must be {bounds}")
+
+
+def opset_range() -> tuple[int, int]:
+    """The ONNX opsets tfopt can write: from 7 (tf2onnx's README: 6-13 should work, 14-18
+    are tested) to the highest that tf2onnx and the installed onnxruntime both take."""
+    from tfopt.exporters.onnx.convert import default_opset
+
+    return 7, default_opset()
 
 
 def option_fields() -> list:

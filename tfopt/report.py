@@ -44,6 +44,7 @@ class ArtifactReport:
     note: str | None = None
     auto: dict | None = None  # --quantize auto: every candidate tried, and the choice
     recurrent: list[dict] = field(default_factory=list)  # how each recurrent layer converted
+    sha256: str | None = None  # of the file, or of a directory's files and their names
 
     def to_dict(self) -> dict:
         out = dict(self.__dict__)
@@ -67,6 +68,7 @@ class FreezeResult:
     artifacts: list[ArtifactReport]
     timings: dict[str, float] = field(default_factory=dict)  # load, passes, reference
     reference_accuracy: float | None = None  # the original's top-1 on --eval
+    security: dict = field(default_factory=dict)  # side-effect ops found, and if allowed
 
     @property
     def conversion_seconds(self) -> float:
@@ -100,7 +102,8 @@ class FreezeResult:
             "removed": self.removed, "passes": [p.to_dict() for p in self.passes],
             "frozen": self.frozen.to_dict(), "artifacts": [a.to_dict() for a in self.artifacts],
             "timings": dict(self.timings, conversion=self.conversion_seconds),
-            "reference_accuracy": self.reference_accuracy}
+            "reference_accuracy": self.reference_accuracy,
+            "security": self.security}
 
     def to_json(self) -> str:
         return json.dumps(_strict(self.to_dict()), indent=2, default=str)

@@ -19,10 +19,10 @@ from typing import Any
 from tfopt.batch.executors import LocalExecutor, RayExecutor
 from tfopt.batch.jobs import Job, content_key, discover
 from tfopt.batch.summary import Progress, write_summary
+from tfopt.errors import EXIT_SOME_FAILED
 from tfopt.files import path_bytes
 from tfopt.options import FreezeOptions
 
-EXIT_SOME_FAILED = 5
 STATE_DIR = ".batch"  # OUT/.batch/<name>.json: what the last conversion of a model was
 
 

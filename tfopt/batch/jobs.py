@@ -7,6 +7,7 @@ import glob
 import hashlib
 import io
 import json
+import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from tfopt.options import FreezeOptions, parse_options
 
 MANIFEST_SUFFIXES = (".jsonl", ".csv", ".toml")
 MODEL_SUFFIXES = (".keras", ".h5", ".pb", ".pbtxt", ".meta")
+RESERVED = ("summary.json", "summary.csv", "summary.md")  # and every name starting with "."
 
 
 @dataclass
@@ -84,9 +86,33 @@ def _job(row: dict, defaults: FreezeOptions, where: str, base: Path | None) -> J
     src = Path(row.pop("src"))
     if base is not None and not src.is_absolute():
         src = base / src
-    name = row.pop("name", None) or src.name.removesuffix(".meta").split(".")[0]
-    options = replace(defaults, **parse_options(row, where)).validate()
+    name = row.pop("name", None)
+    if name is None:
+        name = src.name.removesuffix(".meta").split(".")[0]
+    check_name(name, where)
+    try:
+        options = replace(defaults, **parse_options(row, where)).validate()
+    except (UsageError, TypeError, ValueError) as exc:  # TypeError: a mistyped value
+        message = first_line(exc)
+        raise UsageError(message if message.startswith(where) else f"{where}: {message}") \
+            from None
     return Job(name, str(src), options_dict(options))
+
+
+def check_name(name: object, where: str) -> None:
+    """A model's name becomes OUT/<name>: one plain path component, nothing tfopt writes
+    itself, so that every file a batch writes stays under OUT."""
+    if not isinstance(name, str) or not name.strip():
+        raise UsageError(f"{where}: 'name' must be a non-empty string, not {name!r}")
+    if name in (".", "..") or "/" in name or "\\" in name or "\0" in name \
+            or os.sep in name or (os.altsep and os.altsep in name):
+        raise UsageError(f"{where}: name {name!r} is not a single file name; give a name "
+                         "without path separators, '.' or '..'")
+    if name.startswith(".") or name in RESERVED:
+        raise UsageError(f"{where}: name {name!r} is reserved for tfopt's own files in OUT; "
+                         "choose another")
+    if len(name.encode()) > 200:
+        raise UsageError(f"{where}: name {name[:40]!r}... is longer than 200 bytes")
 
 
 def options_dict(options: FreezeOptions) -> dict[str, Any]:

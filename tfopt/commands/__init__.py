@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from tfopt.commands import batch, freeze, inspect_model
-from tfopt.commands.common import EXIT_CODES, source_parser
+from tfopt.commands.common import EXIT_CODES, Parser, source_parser
 
 COMMANDS = {"freeze": freeze, "inspect": inspect_model, "batch": batch}
 
@@ -18,7 +18,7 @@ COMMANDS = {"freeze": freeze, "inspect": inspect_model, "batch": batch}
 def parser() -> argparse.ArgumentParser:
     from tfopt import __version__
 
-    top = argparse.ArgumentParser(
+    top = Parser(
         prog="tfopt", epilog=EXIT_CODES,
         description="Turn a TensorFlow model into lean, verified deployment artifacts. "
                     "`tfopt SRC` is `tfopt freeze SRC`.")

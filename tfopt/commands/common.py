@@ -3,10 +3,11 @@ FreezeOptions (so the API, `tfopt`, `tfopt inspect` and `tfopt batch` cannot dri
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import traceback
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from tfopt.errors import EXIT_INTERNAL, TfoptError
 from tfopt.options import SOURCE, option_default, option_fields
@@ -16,7 +17,25 @@ T = TypeVar("T")
 EXIT_CODES = ("exit codes: 0 success; 1 internal error (a bug: rerun with --debug and report "
               "it); 2 usage error or unreadable input; 3 a target failed to convert (the "
               "others are written); 4 an artifact's outputs differ from the original beyond "
-              "tolerance; 5 (batch) some models failed")
+              "tolerance; 5 (batch) some models failed; 6 the output could not be written "
+              "(nothing published)")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the one-line error contract: no usage block, exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"tfopt: error: {one_line(message)} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def one_line(text: str) -> str:
+    """Control characters (a newline in a typed value, say) escaped: the message stays one
+    line whatever the user typed."""
+    return _CONTROL.sub(lambda found: repr(found.group())[1:-1], text)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def guarded(call: Callable[[], T], debug: bool) -> tuple[T | None, int | None]:
@@ -33,7 +52,7 @@ def guarded(call: Callable[[], T], debug: bool) -> tuple[T | None, int | None]:
 def fail(exc: BaseException, debug: bool, code: int, kind: str) -> int:
     if debug:
         traceback.print_exc()
-    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    message = one_line(str(exc).splitlines()[0]) if str(exc).strip() else type(exc).__name__
     hint = "" if debug or code != EXIT_INTERNAL else " (rerun with --debug for the traceback)"
     print(f"tfopt: {kind}: {message}{hint}", file=sys.stderr)
     return code

@@ -14,7 +14,7 @@ PREPARE: tuple[str, ...] = ()
 
 
 def export(model: Model, path: Path, options: ExportOptions) -> Exported:
-    path.write_bytes(model.graph_def.SerializeToString())
+    path.write_bytes(model.graph_def.SerializeToString(deterministic=True))
     return Exported()
 
 

@@ -16,7 +16,25 @@ PREPARE: tuple[str, ...] = ()
 
 def export(model: Model, path: Path, options: ExportOptions) -> Exported:
     save_inference_model(model, path)
+    _deterministic_fingerprint(path)
     return Exported()
+
+
+def _deterministic_fingerprint(path: Path) -> None:
+    """TF writes a random uuid into fingerprint.pb on every save; derive it from the saved
+    graph instead, so that the same model gives the same bytes (its hashes stay TF's)."""
+    import hashlib
+
+    from tensorflow.core.protobuf import fingerprint_pb2
+
+    file = path / "fingerprint.pb"
+    if not file.is_file():
+        return
+    fingerprint = fingerprint_pb2.FingerprintDef()
+    fingerprint.ParseFromString(file.read_bytes())
+    digest = hashlib.sha256((path / "saved_model.pb").read_bytes()).hexdigest()
+    fingerprint.uuid = str(int(digest[:30], 16))
+    file.write_bytes(fingerprint.SerializeToString(deterministic=True))
 
 
 def unsupported_ops(model: Model, options: ExportOptions) -> list[str]:

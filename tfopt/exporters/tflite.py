@@ -181,7 +181,10 @@ def _summary(message: str) -> str:
     # the converter's first error line, without its location prefix
     for line in message.splitlines():
         if "error:" in line:
-            return line.split("error:", 1)[1].strip()[:500]
+            line = line.split("error:", 1)[1].strip()
+            # drop the MLIR location (pages of nested callsites) before the message itself
+            located = re.search(r"'tf\.\w+' op .*$", line) if line.startswith("loc(") else None
+            return (located.group(0) if located else line)[:500]
     return (message.splitlines() or [""])[0][:500]
 
 

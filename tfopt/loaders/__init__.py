@@ -17,6 +17,9 @@ __all__ = ["LOADERS", "LoadOptions", "Loaded", "Loader", "SourceInfo", "detect_f
 
 
 def detect_format(path: Path) -> str:
+    if path.is_symlink() and not path.exists():
+        raise InputError(f"{path} is a symlink that leads nowhere (missing target or a loop); "
+                         f"pass {KINDS}")
     if not path.exists() and not checkpoint.sniff(path):  # a checkpoint may be named by prefix
         raise InputError(f"{path} does not exist; pass {KINDS}")
     for name, module in LOADERS.items():

@@ -22,6 +22,7 @@ class LoadOptions:
     inputs: list[str] | None = None  # TF1 graphs: --inputs specs, name[:dtype[:shape]]
     outputs: list[str] | None = None  # TF1 graphs: output tensors
     freeze: dict[str, str] = field(default_factory=dict)  # TF1: placeholder -> value
+    unsafe_keras: bool = False  # load Keras files outside safe mode (runs their Python code)
 
     @property
     def graph_options(self) -> list[str]:
@@ -89,7 +90,9 @@ def spec_from_info(name: str, info) -> TensorSpec:
 
 def dtype_name(dtype) -> str:
     """A TF dtype as TensorSpec names it: the numpy name, or TF's for string and resource."""
-    return dtype.as_numpy_dtype.__name__ if dtype.is_numpy_compatible else dtype.name
+    if dtype.name == "string" or not dtype.is_numpy_compatible:  # numpy calls it object
+        return dtype.name
+    return dtype.as_numpy_dtype.__name__
 
 
 def signature_specs(meta) -> dict[str, tuple[list[TensorSpec], list[TensorSpec]]]:

@@ -1,6 +1,7 @@
 """Loader for Keras 3 `.keras` and legacy `.h5` files, loaded in safe mode."""
 from __future__ import annotations
 
+import warnings
 import zipfile
 from collections import Counter
 from pathlib import Path
@@ -56,10 +57,18 @@ def load(path: Path, options: LoadOptions) -> Loaded:
     if options.signature != SIGNATURE:
         raise InputError(f"signature '{options.signature}' not found in {path}; a Keras file has "
                          f"one signature: {SIGNATURE}")
+    if options.unsafe_keras:
+        warnings.warn(f"--unsafe-keras: loading {path} runs the Python code it holds",
+                      stacklevel=2)
     try:
         weights = stored_weights(path)
-        model = keras.saving.load_model(str(path), compile=False, safe_mode=True)
+        model = keras.saving.load_model(str(path), compile=False,
+                                        safe_mode=not options.unsafe_keras)
     except Exception as exc:  # zipfile, h5py and keras raise many types for bad files
+        if "safe_mode" in str(exc):
+            raise InputError(f"{path} holds Python code (a Lambda layer or a custom object), "
+                             "which tfopt does not run by default; if you trust the file, "
+                             "pass --unsafe-keras") from exc
         raise InputError(f"cannot load Keras file {path}: {first_line(exc)}; re-save it with "
                          "model.save('model.keras')") from exc
     try:

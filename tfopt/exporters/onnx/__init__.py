@@ -10,7 +10,7 @@ from tfopt.exporters.base import PRECISION, QUANTIZE_MODES, Exported, ExportOpti
 from tfopt.exporters.onnx.convert import default_opset, to_onnx
 from tfopt.exporters.onnx.convert import unsupported_ops as _tf2onnx_unsupported
 from tfopt.exporters.onnx.quantize import QUANTIZERS, quiet_logging
-from tfopt.exporters.onnx.rewrites import POST_OPTIMIZE, run_rewrites
+from tfopt.exporters.onnx.rewrites import FINISH, POST_OPTIMIZE, run_rewrites
 from tfopt.exporters.onnx.runtime import describe, runner
 from tfopt.model import Model
 
@@ -53,6 +53,6 @@ def export(model: Model, path: Path, options: ExportOptions) -> Exported:
             raise ConversionError(f"onnxruntime cannot quantize to {options.quantize}: "
                                   f"{first_line(exc)}") from exc
         proto = onnx.load(str(path))
-    proto, named = run_rewrites(proto, ["compact_names"])
+    proto, named = run_rewrites(proto, FINISH)
     onnx.save(proto, str(path))
     return Exported(precision=precision, steps=steps + named, recurrent=recurrent)
