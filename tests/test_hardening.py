@@ -202,6 +202,9 @@ def test_inspect_lists_side_effect_ops(hostile):
 
     report = inspect(hostile["writes_file"])
     assert [o["op"] for o in report["security"]["io_ops"]] == ["WriteFile"]
+    report = inspect(hostile["py_function"])  # inspecting never runs the model
+    assert report["unsupported_ops"]["pb"] == report["unsupported_ops"]["saved_model"] == \
+        ["EagerPyFunc"]
 
 
 def test_string_inputs_convert_to_tensorflow_targets(hostile, tmp_path):

@@ -37,6 +37,9 @@ def quiet_libraries(debug: bool) -> None:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     warnings.filterwarnings("ignore")
+    # tfopt's own warnings (--unsafe-keras, --calibration random) still reach the user
+    warnings.filterwarnings("default", module=r"tfopt(\.|$)")
+    warnings.formatwarning = lambda message, *_, **__: f"tfopt: warning: {message}\n"
     for name in ("tensorflow", "absl", "h5py"):
         logging.getLogger(name).setLevel(logging.ERROR)
     # tf2onnx logs "Unsupported ops" at ERROR; our one-line error names them already

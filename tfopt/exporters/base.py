@@ -92,6 +92,14 @@ def save_inference_model(model: Model, path) -> None:
     tf.saved_model.save(module, str(path), signatures={model.signature: fn})
 
 
+def python_callbacks(model: Model) -> list[str]:
+    """Ops that call back into Python: their code is not in the model, so no artifact can
+    hold them."""
+    from tfopt.security import PYTHON_CALLBACKS, io_ops
+
+    return sorted({o.op for o in io_ops(model.graph_def) if o.family == PYTHON_CALLBACKS})
+
+
 def recurrent_layers(model: Model) -> list[str]:
     """The frozen graph's loops (a Keras RNN layer each): While / StatelessWhile nodes."""
     return [n.name for n in model.graph_def.node if n.op in ("While", "StatelessWhile")]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tfopt.exporters.base import Exported, ExportOptions
+from tfopt.exporters.base import Exported, ExportOptions, python_callbacks
 from tfopt.graph import op_histogram
 from tfopt.model import Model
 
@@ -19,7 +19,7 @@ def export(model: Model, path: Path, options: ExportOptions) -> Exported:
 
 
 def unsupported_ops(model: Model, options: ExportOptions) -> list[str]:
-    return []  # TensorFlow runs every op it froze
+    return python_callbacks(model)  # TensorFlow runs every other op it froze
 
 
 def describe(path: Path, model: Model) -> dict[str, int]:

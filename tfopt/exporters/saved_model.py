@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tfopt.exporters.base import Exported, ExportOptions, save_inference_model
+from tfopt.exporters.base import Exported, ExportOptions, python_callbacks, save_inference_model
 from tfopt.model import Model
 
 FORMAT = "saved_model"
@@ -38,7 +38,7 @@ def _deterministic_fingerprint(path: Path) -> None:
 
 
 def unsupported_ops(model: Model, options: ExportOptions) -> list[str]:
-    return []  # TensorFlow runs every op it froze
+    return python_callbacks(model)  # TensorFlow runs every other op it froze
 
 
 def describe(path: Path, model: Model) -> dict[str, int]:
