@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import warnings
 from collections import Counter
 from dataclasses import fields, replace
 from pathlib import Path
@@ -18,15 +19,16 @@ from tfopt.data import read_feeds
 from tfopt.errors import InputError, UsageError, first_line
 from tfopt.exporters import EXPORTERS, ExportOptions, prepare
 from tfopt.graph import constant_bytes, non_finite_constants, op_histogram
+from tfopt.inputs import draw, input_domains
 from tfopt.loaders import detect_format, load
-from tfopt.model import Model, random_feeds
+from tfopt.model import Model
 from tfopt.options import FreezeOptions
 from tfopt.output import check_output, make_staging, publish, writes_to
 from tfopt.passes import run_pipeline
 from tfopt.quantize import choose_precision
 from tfopt.report import ArtifactReport, FreezeResult, GraphSummary
 from tfopt.security import io_ops, refuse_io_ops, security_report
-from tfopt.verify import BUDGETS, Budget, Check, top1_accuracy
+from tfopt.verify import BUDGETS, Budget, Check, noise_floor, top1_accuracy
 
 VERIFY_SAMPLES = 64  # calibration samples that quantized artifacts are checked on
 
@@ -84,7 +86,7 @@ def _run(src: Path, out: Path, staging: Path, opts: FreezeOptions, start: float
     model = _fix_input_shapes(loaded.model, dict(opts.input_shapes))
     calibration_feeds = None if opts.calibration is None else read_feeds(
         opts.calibration, model.inputs, "--calibration", mean=opts.mean, scale=opts.scale)[0]
-    labels = None
+    labels, feeds = None, None
     if opts.eval_data is not None:
         feeds, extra = read_feeds(opts.eval_data, model.inputs, "--eval",
                                   extra_keys=("labels",))
@@ -95,12 +97,15 @@ def _run(src: Path, out: Path, staging: Path, opts: FreezeOptions, start: float
         feeds = read_feeds(opts.data, model.inputs, "--data")[0]
     elif opts.quantize != "none" and calibration_feeds is not None:
         feeds = calibration_feeds[:VERIFY_SAMPLES]
-    else:
-        feeds = random_feeds(model.inputs, dict(opts.input_shapes), opts.samples)
     mark = time.perf_counter()
     model, reports = run_pipeline(model, opts.passes)
     timings["passes"] = round(time.perf_counter() - mark, 2)
     reports = loaded.passes + reports
+    drawn = None
+    if feeds is None:  # drawn from the domain the optimized graph shows (constants folded)
+        domains = input_domains(model, dict(opts.input_shapes))
+        feeds = draw(domains, model.inputs, opts.samples)
+        drawn = {name: domain.to_dict() for name, domain in domains.items()}
     mark = time.perf_counter()
     try:
         expected = [loaded.reference(feed) for feed in feeds]
@@ -109,9 +114,11 @@ def _run(src: Path, out: Path, staging: Path, opts: FreezeOptions, start: float
         raise InputError(f"the original model rejects the verification inputs: "
                          f"{first_line(exc)}; check --input-shape or --data") from exc
     _check_finite(model, expected)
+    floor = noise_floor(loaded.reference, feeds, expected)
     check = Check(feeds, expected, opts.atol, opts.rtol, labels,
                   top1_accuracy(expected, labels) if labels is not None else None,
-                  _budgets(opts.max_drop, opts.min_cosine, opts.min_agreement))
+                  _budgets(opts.max_drop, opts.min_cosine, opts.min_agreement), floor)
+    verification = _verification(drawn, floor, expected, opts)
 
     removed = Counter(dict.fromkeys(CATEGORIES, 0))
     removed.update(loaded.removed)
@@ -134,7 +141,7 @@ def _run(src: Path, out: Path, staging: Path, opts: FreezeOptions, start: float
                                 constant_bytes(model.graph_def)),
             artifacts=artifacts, timings=timings,
             reference_accuracy=check.reference_accuracy,
-            security=security_report(found, opts.allow_io_ops))
+            security=security_report(found, opts.allow_io_ops), verification=verification)
         result.seconds = round(time.perf_counter() - start, 2)
         (staging / "report.json").write_text(result.to_json())
     return result
@@ -156,6 +163,29 @@ def _check_finite(model: Model, expected: list[dict]) -> None:
             raise InputError(f"the original model's output '{name}' holds {count} NaN or Inf "
                              "values on the verification inputs, so nothing can be compared; "
                              "pass in-domain inputs with --data")
+
+
+CHAOTIC = 1e-3  # noise floor over output scale beyond which inputs look out of domain
+
+
+def _verification(drawn: dict | None, floor: dict[str, float], expected: list[dict],
+                  opts: FreezeOptions) -> dict:
+    """What the artifacts were checked on and against, for the report."""
+    source = "--eval" if opts.eval_data is not None else "--data" if opts.data is not None \
+        else "calibration samples" if drawn is None else "drawn by tfopt"
+    notes = []
+    for name, value in floor.items():
+        scale = max(float(np.max(np.abs(np.asarray(s[name], np.float64)))) for s in expected)
+        if scale and value > CHAOTIC * scale:
+            notes.append(f"output '{name}' of the original moves by {value:.3g} "
+                         f"({value / scale:.1%} of its scale) when its inputs move by one "
+                         "ulp: the inputs are "
+                         "probably outside the model's domain; pass representative --data")
+    for note in notes:
+        warnings.warn(note, stacklevel=3)
+    return {"inputs": source, "drawn": drawn, "samples": len(expected),
+            "rule": "elementwise" if opts.atol is not None or opts.rtol is not None
+            else "scale", "noise_floor": floor, "notes": notes}
 
 
 def _budgets(max_drop: float | None, min_cosine: float | None,

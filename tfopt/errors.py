@@ -34,6 +34,14 @@ class ConversionError(TfoptError):
 
 
 def first_line(exc: BaseException, limit: int = 300) -> str:
-    """The first line of an exception's message: TF and tf2onnx messages run to pages."""
+    """The line of an exception's message that names the cause: TF and tf2onnx messages
+    run to pages. TF's runtime errors start with a header ("Graph execution error:") and a
+    stack of where the node was defined; the cause is the first unindented line after it."""
     text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:limit]
+    lines = text.splitlines()
+    if lines[0].rstrip().endswith(":") and len(lines) > 1:
+        cause = next((line for line in lines[1:] if line.strip() and not line[0].isspace()
+                      and not line.startswith(("Detected at node", "File ", "[["))), None)
+        if cause is not None:
+            return f"{lines[0].rstrip()} {cause.strip()}"[:limit]
+    return lines[0][:limit]

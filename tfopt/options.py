@@ -120,8 +120,12 @@ class FreezeOptions:
     data: Any = _opt(None, Flag(".npz of verification inputs keyed by input name", VERIFY))
     samples: int = _opt(3, Flag("random verification samples when --data is not given",
                                 VERIFY, parse=int))
-    atol: float = _opt(1e-4, Flag("absolute tolerance", VERIFY, parse=float))
-    rtol: float = _opt(1e-3, Flag("relative tolerance", VERIFY, parse=float))
+    atol: float | None = _opt(None, Flag(
+        "element-wise absolute tolerance; with --atol or --rtol every element must be within "
+        "atol + rtol*|expected| (default: the scale-aware rule, see README)", VERIFY,
+        parse=float))
+    rtol: float | None = _opt(None, Flag("element-wise relative tolerance (see --atol)",
+                                         VERIFY, parse=float))
     opset: int | None = _opt(None, Flag("ONNX opset (default: highest supported)", SOURCE,
                                         parse=int))
     overwrite: bool = _opt(False, Flag("replace a non-empty output directory", OUTPUT,

@@ -69,6 +69,7 @@ class FreezeResult:
     timings: dict[str, float] = field(default_factory=dict)  # load, passes, reference
     reference_accuracy: float | None = None  # the original's top-1 on --eval
     security: dict = field(default_factory=dict)  # side-effect ops found, and if allowed
+    verification: dict = field(default_factory=dict)  # inputs, rule, the original's noise
 
     @property
     def conversion_seconds(self) -> float:
@@ -103,7 +104,7 @@ class FreezeResult:
             "frozen": self.frozen.to_dict(), "artifacts": [a.to_dict() for a in self.artifacts],
             "timings": dict(self.timings, conversion=self.conversion_seconds),
             "reference_accuracy": self.reference_accuracy,
-            "security": self.security}
+            "security": self.security, "verification": self.verification}
 
     def to_json(self) -> str:
         return json.dumps(_strict(self.to_dict()), indent=2, default=str)

@@ -1,6 +1,7 @@
 """Compare an artifact's outputs with the original model's on the same feeds."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,6 +19,13 @@ class Budget:
         return dict(self.__dict__)
 
 
+# the fp32 rule (README: Verification)
+SCALE_RTOL = 1e-4  # max abs error over the output's largest magnitude
+MIN_COSINE = 0.99999
+NOISE_FACTOR = 10  # x the original's own output change under a one-ulp input change
+ABSOLUTE_FLOOR = 1e-6  # below this an error is noise whatever the scale
+ELEMENTWISE_ATOL, ELEMENTWISE_RTOL = 1e-4, 1e-3  # with --atol/--rtol, the other's default
+
 # defaults per precision (README: Quantization); flags override them
 BUDGETS = {"fp16": Budget(0.999, 0.99), "dynamic-int8": Budget(0.99, 0.95),
            "int8": Budget(0.98, 0.95), "int16x8": Budget(0.995, 0.98)}
@@ -29,14 +37,16 @@ class Parity:
     max_rel_err: float
     passed: bool
     samples: int
-    atol: float
-    rtol: float
+    atol: float | None  # None: the scale-aware rule
+    rtol: float | None
     outputs: dict[str, dict] = field(default_factory=dict)  # per output: errors, passed, reason
     mean_abs_err: float | None = None
     cosine: float | None = None  # the lowest over outputs
     top1_agreement: float | None = None  # the lowest over class-score outputs
     accuracy: float | None = None  # top-1 against --eval labels
     budget: Budget | None = None  # set for quantized artifacts: pass means within it
+    rule: str = "scale"  # "scale", "elementwise" (--atol/--rtol) or "budget" (quantized)
+    reason: str | None = None  # the first criterion that failed, with values and the flag
 
     def to_dict(self) -> dict:
         out = dict(self.__dict__)
@@ -45,22 +55,28 @@ class Parity:
 
 
 def _errors(expected: np.ndarray, actual: np.ndarray, atol: float, rtol: float) -> dict:
+    """One sample of one output: errors, the element-wise verdict and the output's scale."""
     if expected.shape != actual.shape:
         return {"passed": False, "reason": f"shape {list(actual.shape)} != {list(expected.shape)}",
-                "max_abs_err": float("inf"), "max_rel_err": float("inf")}
+                "max_abs_err": float("inf"), "max_rel_err": float("inf"), "scale": 0.0}
     if not (np.issubdtype(expected.dtype, np.number) or expected.dtype == np.bool_):
         same = bool(np.array_equal(expected, actual))
         return {"passed": same, "max_abs_err": 0.0 if same else float("inf"),
-                "max_rel_err": 0.0 if same else float("inf")}
+                "max_rel_err": 0.0 if same else float("inf"), "scale": 0.0}
     e, a = expected.astype(np.float64), actual.astype(np.float64)
     diff = np.abs(a - e)
     if diff.size == 0:
-        return {"passed": True, "max_abs_err": 0.0, "max_rel_err": 0.0}
+        return {"passed": True, "max_abs_err": 0.0, "max_rel_err": 0.0, "scale": 0.0}
     finite = np.isfinite(a) == np.isfinite(e)
     rel = diff / np.maximum(np.abs(e), 1e-6)
-    return {"passed": bool(finite.all() and np.all((diff <= atol + rtol * np.abs(e)) | (a == e))),
-            "max_abs_err": float(np.nanmax(np.where(a == e, 0.0, diff))),
-            "max_rel_err": float(np.nanmax(np.where(a == e, 0.0, rel)))}
+    result: dict = {
+        "passed": bool(finite.all() and np.all((diff <= atol + rtol * np.abs(e)) | (a == e))),
+        "max_abs_err": float(np.nanmax(np.where(a == e, 0.0, diff))),
+        "max_rel_err": float(np.nanmax(np.where(a == e, 0.0, rel))),
+        "scale": float(np.nanmax(np.abs(np.where(np.isfinite(e), e, 0.0))))}
+    if not finite.all():
+        result["reason"] = "NaN or Inf where the original is finite, or the reverse"
+    return result
 
 
 def is_class_scores(value: np.ndarray) -> bool:
@@ -99,33 +115,43 @@ def quality(expected: list[dict], actual: list[dict]) -> dict[str, dict]:
     return stats
 
 
-def compare(expected: list[dict], actual: list[dict], atol: float, rtol: float,
-            budget: Budget | None = None, labels: np.ndarray | None = None,
-            reference_accuracy: float | None = None) -> Parity:
-    """Per-output errors over all samples, and the worst of them.
+def compare(expected: list[dict], actual: list[dict], atol: float | None = None,
+            rtol: float | None = None, budget: Budget | None = None,
+            labels: np.ndarray | None = None, reference_accuracy: float | None = None,
+            noise: dict[str, float] | None = None) -> Parity:
+    """Per-output errors over all samples, the worst of them, and the verdict.
 
-    Without a budget an artifact passes when every element is within atol/rtol; with one
-    (quantized artifacts) when cosine, top-1 agreement and accuracy drop are within it.
+    fp32 (no budget) is judged by the scale-aware rule unless atol or rtol is given: an
+    output passes when its max abs error is within SCALE_RTOL of its largest magnitude (or
+    NOISE_FACTOR x the original's own noise floor, if larger) and its cosine similarity is
+    at least MIN_COSINE. With atol/rtol every element must be within atol + rtol*|expected|.
+    A quantized artifact (budget) passes when cosine, top-1 agreement and accuracy drop are
+    within the budget.
     """
+    elementwise = atol is not None or rtol is not None
+    atol = ELEMENTWISE_ATOL if atol is None else atol
+    rtol = ELEMENTWISE_RTOL if rtol is None else rtol
     outputs: dict[str, dict] = {}
     for want, got in zip(expected, actual):
         for name, value in want.items():
             if name not in got:
-                result = {"passed": False, "reason": "output missing",
+                result = {"passed": False, "reason": "output missing", "scale": 0.0,
                           "max_abs_err": float("inf"), "max_rel_err": float("inf")}
             else:
                 result = _errors(np.asarray(value), np.asarray(got[name]), atol, rtol)
             seen = outputs.setdefault(name, {"passed": True, "max_abs_err": 0.0,
-                                             "max_rel_err": 0.0})
+                                             "max_rel_err": 0.0, "scale": 0.0})
             seen["passed"] &= result["passed"]
-            seen["max_abs_err"] = max(seen["max_abs_err"], result["max_abs_err"])
-            seen["max_rel_err"] = max(seen["max_rel_err"], result["max_rel_err"])
+            for key in ("max_abs_err", "max_rel_err", "scale"):
+                seen[key] = max(seen[key], result[key])
             if "reason" in result:
                 seen["reason"] = result["reason"]
+    rule = "budget" if budget is not None else "elementwise" if elementwise else "scale"
     parity = Parity(max_abs_err=max((o["max_abs_err"] for o in outputs.values()), default=0.0),
                     max_rel_err=max((o["max_rel_err"] for o in outputs.values()), default=0.0),
-                    passed=all(o["passed"] for o in outputs.values()), samples=len(expected),
-                    atol=atol, rtol=rtol, outputs=outputs, budget=budget)
+                    passed=True, samples=len(expected), atol=atol if elementwise else None,
+                    rtol=rtol if elementwise else None, outputs=outputs, budget=budget,
+                    rule=rule)
     stats = quality(expected, actual) if expected else {}
     for name, entry in stats.items():
         outputs[name].update(entry)
@@ -137,14 +163,91 @@ def compare(expected: list[dict], actual: list[dict], atol: float, rtol: float,
         parity.top1_agreement = min(agreements) if agreements else None
     if labels is not None:
         parity.accuracy = top1_accuracy(actual, labels)
+    reasons = [f"output '{name}': {o['reason']}" for name, o in outputs.items()
+               if "reason" in o]
     if budget is not None:
-        shapes_ok = all("reason" not in o for o in outputs.values())
-        parity.passed = shapes_ok and bool(values) and parity.cosine is not None \
-            and parity.cosine >= budget.min_cosine and (
-            parity.top1_agreement is None or parity.top1_agreement >= budget.min_agreement) and (
-            parity.accuracy is None or reference_accuracy is None
-            or reference_accuracy - parity.accuracy <= budget.max_drop)
+        reasons += _budget_reasons(parity, budget, reference_accuracy, bool(values))
+    elif rule == "scale":
+        reasons += _scale_reasons(outputs, noise or {})
+    else:
+        reasons += [f"output '{name}': max abs error {o['max_abs_err']:.2e} exceeds --atol "
+                    f"{atol:g} + --rtol {rtol:g} x |expected| at some element; change "
+                    "--atol/--rtol, or give neither for the scale-aware rule"
+                    for name, o in outputs.items() if not o["passed"] and "reason" not in o]
+    parity.passed = not reasons
+    parity.reason = reasons[0] if reasons else None
     return parity
+
+
+def _scale_reasons(outputs: dict[str, dict], noise: dict[str, float]) -> list[str]:
+    """Judge each output against its own scale and the original's noise floor."""
+    reasons = []
+    for name, out in outputs.items():
+        if "reason" in out:
+            continue
+        if "cosine" not in out:  # integers, booleans, strings: exact
+            out["passed"] = out["max_abs_err"] == 0.0
+            if not out["passed"]:
+                reasons.append(f"output '{name}': values differ from the original's "
+                               f"(max abs error {out['max_abs_err']:.3g}); they must be equal")
+            continue
+        floor = noise.get(name, 0.0)
+        tolerance = max(SCALE_RTOL * out["scale"], NOISE_FACTOR * floor, ABSOLUTE_FLOOR)
+        out.update(tolerance=tolerance, noise_floor=floor)
+        reason = None
+        noisy = NOISE_FACTOR * floor >= SCALE_RTOL * out["scale"]  # the original's own noise
+        if out["max_abs_err"] > tolerance:
+            basis = f"{NOISE_FACTOR} x the original's noise floor {floor:.2e}" if noisy else \
+                f"{SCALE_RTOL:g} x the output's scale {out['scale']:.3g}"
+            reason = (f"max abs error {out['max_abs_err']:.2e} is above the tolerance "
+                      f"{tolerance:.2e} ({basis})")
+        elif out["cosine"] < MIN_COSINE and out["scale"] > ABSOLUTE_FLOOR and not noisy:
+            reason = f"cosine similarity {out['cosine']:.6f} is below {MIN_COSINE}"
+        out["passed"] = reason is None
+        if reason:
+            reasons.append(f"output '{name}': {reason}; pass --atol/--rtol for an "
+                           "element-wise rule")
+    return reasons
+
+
+def _budget_reasons(parity: Parity, budget: Budget, reference_accuracy: float | None,
+                    measured: bool) -> list[str]:
+    if not measured or parity.cosine is None:
+        return ["no floating-point output to measure the budget on"]
+    reasons = []
+    if parity.cosine < budget.min_cosine:
+        reasons.append(f"cosine similarity {parity.cosine:.4f} is below the budget "
+                       f"{budget.min_cosine} (--min-cosine)")
+    if parity.top1_agreement is not None and parity.top1_agreement < budget.min_agreement:
+        reasons.append(f"top-1 agreement {parity.top1_agreement:.3f} is below the budget "
+                       f"{budget.min_agreement} (--min-agreement)")
+    if parity.accuracy is not None and reference_accuracy is not None \
+            and reference_accuracy - parity.accuracy > budget.max_drop:
+        reasons.append(f"top-1 accuracy drops {reference_accuracy - parity.accuracy:.3f} "
+                       f"(from {reference_accuracy:.3f}), more than {budget.max_drop} "
+                       "(--max-drop)")
+    return reasons
+
+
+def noise_floor(reference: Callable[[dict], dict], feeds: list[dict],
+                expected: list[dict], samples: int = 3) -> dict[str, float]:
+    """How far the original's own outputs move when every float input moves by one ulp
+    (or, without float inputs, between two runs): the resolution below which no artifact
+    can be judged."""
+    floor: dict[str, float] = {}
+    for feed, want in list(zip(feeds, expected))[:samples]:
+        nudged = {k: np.nextafter(v, np.inf).astype(v.dtype)
+                  if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v
+                  for k, v in feed.items()}
+        moved = reference(nudged)
+        for name, value in want.items():
+            value = np.asarray(value)
+            if value.dtype.kind != "f" or name not in moved:
+                continue
+            delta = np.abs(np.asarray(moved[name], np.float64) - value.astype(np.float64))
+            delta = delta[np.isfinite(delta)]
+            floor[name] = max(floor.get(name, 0.0), float(delta.max()) if delta.size else 0.0)
+    return floor
 
 
 @dataclass
@@ -154,13 +257,14 @@ class Check:
 
     feeds: list[dict]
     expected: list[dict]
-    atol: float
-    rtol: float
+    atol: float | None  # None (with rtol None): the scale-aware rule
+    rtol: float | None
     labels: np.ndarray | None = None
     reference_accuracy: float | None = None
     budgets: dict[str, Budget] = field(default_factory=lambda: dict(BUDGETS))
+    noise: dict[str, float] = field(default_factory=dict)  # the original's noise floor
 
     def verdict(self, actual: list[dict], precision: str) -> Parity:
         budget = None if precision == "fp32" else self.budgets[precision]
         return compare(self.expected, actual, self.atol, self.rtol, budget, self.labels,
-                       self.reference_accuracy)
+                       self.reference_accuracy, self.noise)

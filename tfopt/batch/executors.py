@@ -40,7 +40,7 @@ def convert(job: dict, out_dir: str) -> dict:
     cause = None if status == "ok" else \
         "target failed" if result.failed_targets else "parity"
     errors = [f"{a.format}: {a.error}" for a in result.artifacts if a.error] + \
-        [f"{f}: outputs differ beyond tolerance" for f in result.parity_failures]
+        [f"{f}: {result.artifact(f).parity.reason}" for f in result.parity_failures]
     return dict(record, status=status, cause=cause, error="; ".join(errors) or None,
                 seconds=round(time.perf_counter() - start, 2), rows=rows)
 

@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
         if artifact.status != "ok":
             print(f"tfopt: target {artifact.format} failed: {artifact.error}", file=sys.stderr)
     for fmt in result.parity_failures:
-        print(f"tfopt: {fmt} outputs differ from the original beyond tolerance; see "
+        print(f"tfopt: {fmt} outputs differ from the original: "
+              f"{result.artifact(fmt).parity.reason}; see "
               f"{result.out_dir}/report.json", file=sys.stderr)
     return result.exit_code

@@ -5,6 +5,7 @@ import warnings
 import zipfile
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from tfopt.categories import is_optimizer_variable
 from tfopt.errors import InputError, UsageError, first_line
@@ -78,11 +79,27 @@ def load(path: Path, options: LoadOptions) -> Loaded:
                          "with keras.Input(...) or save it as a SavedModel") from exc
     # a Sequential model has one output, named after its last layer
     out_names = list(getattr(model, "output_names", None) or [model.layers[-1].name])
-    specs = [tf.TensorSpec(t.shape, t.dtype, name=t.name) for t in inputs]
+    # call the model with the structure it declares; a dict's keys name the inputs
+    structure: Any = getattr(model, "_inputs_struct", None)
+    keyed = isinstance(structure, dict) and not any(
+        isinstance(v, (dict, list, tuple)) for v in structure.values())
+    names = sorted(structure) if keyed else [t.name for t in inputs]  # Keras' flat order
+    specs = [tf.TensorSpec(t.shape, t.dtype, name=n) for n, t in zip(names, inputs)]
 
     @tf.function(input_signature=specs)
     def serve(*args):
-        outputs = model(list(args) if len(args) > 1 else args[0], training=False)
+        feed: Any
+        if keyed:
+            feed = dict(zip(names, args))
+        elif structure is not None and not keras.tree.is_nested(structure):
+            feed = args[0]
+        elif structure is not None:
+            feed = keras.tree.pack_sequence_as(structure, list(args))
+        else:
+            feed = list(args) if len(args) > 1 else args[0]
+        outputs = model(feed, training=False)
+        if isinstance(outputs, dict):
+            return dict(outputs)
         return dict(zip(out_names, tf.nest.flatten(outputs)))
 
     fn = serve.get_concrete_function()

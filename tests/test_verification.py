@@ -1,0 +1,130 @@
+"""Verification that a user can trust both ways: the scale-aware fp32 rule, the original's
+noise floor, inputs drawn from the model's own domain, and messages that name the cause."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tfopt.verify import compare, noise_floor
+
+RNG = np.random.default_rng(0)
+
+
+def logits(scale: float = 40.0, n: int = 4) -> list[dict]:
+    return [{"logits": (RNG.standard_normal((1, 10)) * scale).astype(np.float32)}
+            for _ in range(n)]
+
+
+def test_scale_rule_passes_float_noise_on_large_logits_that_elementwise_fails():
+    expected = logits()
+    expected[0]["logits"][0, 0] = 1e-3  # a near-zero logit next to logits of 40
+    actual = [{"logits": v["logits"] + np.float32(3e-4)} for v in expected]
+    assert compare(expected, actual).passed
+    elementwise = compare(expected, actual, atol=1e-4, rtol=1e-3)
+    assert not elementwise.passed and "--atol" in elementwise.reason
+
+
+def test_scale_rule_fails_a_real_conversion_bug():
+    expected = logits()
+    actual = [{"logits": v["logits"].copy()} for v in expected]
+    actual[1]["logits"][0, 3] *= 1.01  # one wrong element, 1 % off: a wrong fold
+    parity = compare(expected, actual)
+    assert not parity.passed and parity.rule == "scale"
+    assert "max abs error" in parity.reason and "tolerance" in parity.reason
+    assert "--atol/--rtol" in parity.reason  # the flag that changes the rule
+
+
+def test_noise_floor_widens_the_tolerance_only_as_far_as_the_original_moves():
+    expected = logits()
+    actual = [{"logits": v["logits"] + np.float32(0.5)} for v in expected]
+    assert not compare(expected, actual).passed
+    assert compare(expected, actual, noise={"logits": 0.1}).passed  # 0.5 < 10 x 0.1
+    assert not compare(expected, actual, noise={"logits": 0.01}).passed
+
+
+def test_integer_outputs_must_be_equal():
+    expected = [{"ids": np.array([[1, 2, 3]])}]
+    assert compare(expected, [{"ids": np.array([[1, 2, 3]])}]).passed
+    parity = compare(expected, [{"ids": np.array([[1, 2, 4]])}])
+    assert not parity.passed and "must be equal" in parity.reason
+
+
+def test_budget_failure_names_the_criterion_and_its_flag():
+    from tfopt.verify import BUDGETS
+
+    expected = [{"p": np.eye(10, dtype=np.float32)[[i % 10]]} for i in range(20)]
+    actual = [{"p": np.eye(10, dtype=np.float32)[[(i + 1) % 10]]} for i in range(20)]
+    parity = compare(expected, actual, budget=BUDGETS["int8"])
+    assert not parity.passed and "--min-cosine" in parity.reason
+
+
+def test_noise_floor_measures_how_far_the_original_moves():
+    def chaotic(feed):
+        return {"y": np.sin(feed["x"].astype(np.float64) * 1e9)}
+
+    def smooth(feed):
+        return {"y": feed["x"] * 2.0}
+
+    feeds = [{"x": RNG.standard_normal((1, 4)).astype(np.float32)} for _ in range(3)]
+    assert noise_floor(chaotic, feeds, [chaotic(f) for f in feeds])["y"] > 1e-2
+    assert noise_floor(smooth, feeds, [smooth(f) for f in feeds])["y"] < 1e-5
+
+
+def test_first_line_keeps_the_cause_of_a_tensorflow_error():
+    from tfopt.errors import first_line
+
+    message = ("Graph execution error:\n\nDetected at node Gather defined at (most recent "
+               "call last):\n  File \"m.py\", line 4, in f\n\nindices[0,0] = 6 is not in "
+               "[0, 2)\n\t [[{{node Gather}}]] [Op:__inference_f_12]")
+    assert first_line(RuntimeError(message)) == \
+        "Graph execution error: indices[0,0] = 6 is not in [0, 2)"
+
+
+@pytest.fixture(scope="module")
+def domain_models(tmp_path_factory):
+    import keras
+
+    root = tmp_path_factory.mktemp("domains")
+    keras.utils.set_random_seed(0)
+    pixels = keras.Input((16, 16, 3), name="image")
+    x = keras.layers.Rescaling(1 / 255.0)(pixels)
+    x = keras.layers.Conv2D(8, 3, activation="relu")(x)
+    x = keras.layers.BatchNormalization()(x)
+    image = keras.Model(pixels, keras.layers.Dense(5)(keras.layers.GlobalAveragePooling2D()(x)))
+    image.get_layer(index=-3).moving_mean.assign(np.full(8, 0.3, np.float32))
+
+    ids = keras.Input((None,), dtype="int32", name="token_ids")
+    segments = keras.Input((None,), dtype="int32", name="segment_ids")
+    mask = keras.Input((None,), dtype="int32", name="padding_mask")
+    hidden = keras.layers.Embedding(50, 8)(ids) + keras.layers.Embedding(2, 8)(segments)
+    hidden = hidden * keras.ops.expand_dims(keras.ops.cast(mask, "float32"), -1)
+    pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Dense(8, "gelu")(hidden))
+    encoder = keras.Model({"token_ids": ids, "segment_ids": segments, "padding_mask": mask},
+                          keras.layers.Dense(3)(pooled))
+    paths = {"image": root / "image.keras", "encoder": root / "encoder.keras"}
+    image.save(paths["image"])
+    encoder.save(paths["encoder"])
+    return paths
+
+
+def test_pixel_inputs_are_drawn_in_0_255(domain_models, tmp_path):
+    import tfopt
+
+    result = tfopt.freeze(domain_models["image"], tmp_path / "out")
+    drawn = result.verification["drawn"]["image"]
+    assert "uniform 0..255" in drawn["drawn"] and drawn["shape"] == [1, 16, 16, 3]
+    assert result.exit_code == 0, [a.parity.reason for a in result.artifacts if a.parity]
+
+
+def test_an_encoder_with_a_two_row_segment_table_converts_with_default_flags(
+        domain_models, tmp_path):
+    import tfopt
+
+    result = tfopt.freeze(domain_models["encoder"], tmp_path / "out")
+    drawn = result.verification["drawn"]
+    assert "0..1" in drawn["segment_ids"]["drawn"] and "0..49" in drawn["token_ids"]["drawn"]
+    assert "ones" in drawn["padding_mask"]["drawn"]
+    assert drawn["token_ids"]["shape"] == [1, 16]  # a sequence, not one token
+    assert [t.name for t in result.inputs] == ["padding_mask", "segment_ids", "token_ids"]
+    assert result.exit_code == 0, [(a.format, a.error or a.parity.reason)
+                                   for a in result.artifacts]

@@ -1,0 +1,209 @@
+"""Verification inputs drawn from the domain the graph shows, not from a fixed noise.
+
+A random input the model never sees in deployment can make a healthy conversion look
+broken (a net whose leading Rescaling expects 0-255 pixels is chaotic on standard-normal
+noise) or fail outright (token ids past an embedding's vocabulary). So, per input:
+
+- float, first op an affine map `x * s + b` (Keras Rescaling, Normalization, hand-written
+  `(x - mean) / std`): drawn so that the map's output is in its usual range: pixels in
+  0..255 for a 1/255 or 1/127.5 rescaling, else `(z - b) / s` with z standard normal;
+- integer indices into a constant table (Gather: embeddings, token types): 0..rows-1;
+- integer inputs named like masks: ones (no padding); booleans: 0/1;
+- unknown dimensions: 1 for the batch, 16 for sequence-like inputs (rank 2-3), 32 for the
+  spatial dimensions of rank-4+ inputs.
+
+Every input's choice is described, and the description goes into report.json.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tfopt.graph import FORWARDING_OPS, const_value, consumers, node_name
+from tfopt.model import Model, TensorSpec
+
+_THROUGH = FORWARDING_OPS | {"Cast", "Reshape", "ExpandDims", "Squeeze"}
+_SCALE_OPS = {"Mul": False, "RealDiv": True}  # op -> whether the constant divides
+_SHIFT_OPS = {"Add": 1.0, "AddV2": 1.0, "Sub": -1.0, "BiasAdd": 1.0}
+SEQUENCE_LENGTH, SPATIAL_SIZE = 16, 32
+
+
+@dataclass(frozen=True)
+class Domain:
+    shape: tuple[int, ...]
+    how: str  # "normal", "affine", "uniform", "indices", "ones", "bool", "text"
+    why: str
+    scale: Any = 1.0  # affine: the map's scale and shift
+    shift: Any = 0.0
+    high: int = 10  # indices: exclusive upper bound
+
+    def to_dict(self) -> dict:
+        return {"shape": list(self.shape), "drawn": self.why}
+
+
+def concrete_shape(spec: TensorSpec, given: tuple[int, ...] | None) -> tuple[int, ...]:
+    if given is not None:
+        return tuple(given)
+    if spec.shape is None:
+        return (1,)
+    rank = len(spec.shape)
+    fill = [1] + [SEQUENCE_LENGTH if rank <= 3 else SPATIAL_SIZE] * (rank - 1)
+    return tuple(f if d is None else d for d, f in zip(spec.shape, fill))
+
+
+def input_domains(model: Model, shapes: dict[str, tuple[int, ...]]) -> dict[str, Domain]:
+    graph_def = model.graph_def
+    nodes = {n.name: n for n in graph_def.node}
+    readers = consumers(graph_def)
+    found = {}
+    for spec in model.inputs:
+        shape = concrete_shape(spec, shapes.get(spec.name))
+        dtype = spec.numpy_dtype
+        if spec.dtype == "string":
+            found[spec.name] = Domain(shape, "text", "the constant string 'tfopt'")
+        elif dtype == np.bool_:
+            found[spec.name] = Domain(shape, "bool", "random booleans")
+        elif np.issubdtype(dtype, np.integer):
+            found[spec.name] = _integer_domain(spec, shape, nodes, readers)
+        else:
+            found[spec.name] = _float_domain(spec, shape, nodes, readers)
+    return found
+
+
+def _first_readers(name: str, readers: dict) -> list:
+    """The nodes reading a tensor, looking through casts, reshapes and identities."""
+    found, frontier, seen = [], [name], set()
+    while frontier:
+        current = frontier.pop()
+        for reader in readers.get(current, ()):
+            if reader.name in seen:
+                continue
+            seen.add(reader.name)
+            if reader.op in _THROUGH:
+                frontier.append(reader.name)
+            else:
+                found.append(reader)
+    return found
+
+
+def _constant(node: Any, position: int, nodes: dict) -> np.ndarray | None:
+    refs = [r for r in node.input if not r.startswith("^")]
+    source = nodes.get(node_name(refs[position])) if position < len(refs) else None
+    return const_value(source).astype(np.float64) if source is not None and \
+        source.op == "Const" else None
+
+
+def _operand(node: Any, nodes: dict) -> tuple[np.ndarray, int] | None:
+    """The constant operand of a binary op and its position, if exactly one is constant."""
+    values = [_constant(node, i, nodes) for i in (0, 1)]
+    known = [(v, i) for i, v in enumerate(values) if v is not None]
+    return known[0] if len(known) == 1 else None
+
+
+def _float_domain(spec: TensorSpec, shape: tuple, nodes: dict, readers: dict) -> Domain:
+    first = _first_readers(spec.name, readers)
+    if len(first) == 1 and first[0].op in _SCALE_OPS:
+        operand = _operand(first[0], nodes)
+        if operand is not None and (first[0].op == "Mul" or operand[1] == 1) \
+                and np.all(operand[0] != 0):
+            scale = 1.0 / operand[0] if _SCALE_OPS[first[0].op] else operand[0]
+            shift: Any = 0.0
+            after = _first_readers(first[0].name, readers)
+            if len(after) == 1 and after[0].op in _SHIFT_OPS:
+                constant = _operand(after[0], nodes)
+                if constant is not None and (after[0].op != "Sub" or constant[1] == 1):
+                    shift = _SHIFT_OPS[after[0].op] * constant[0]
+            if np.size(scale) == 1 and any(np.isclose(float(np.ravel(scale)[0]) * f, 1.0,
+                                                      rtol=1e-3) for f in (255.0, 127.5)):
+                return Domain(shape, "uniform", "pixels, uniform 0..255 (the graph starts by "
+                              f"rescaling x * {float(np.ravel(scale)[0]):.6g})")
+            return Domain(shape, "affine", "(z - shift) / scale with z standard normal (the "
+                          "graph starts with x * scale + shift)", scale=scale, shift=shift)
+        if operand is None:
+            return Domain(shape, "normal", "standard normal")
+    if len(first) == 1 and first[0].op == "Sub":  # (x - mean) / std, Keras Normalization
+        operand = _operand(first[0], nodes)
+        after = _first_readers(first[0].name, readers)
+        if operand is not None and operand[1] == 1 and len(after) == 1 \
+                and after[0].op in _SCALE_OPS:
+            std = _operand(after[0], nodes)
+            if std is not None and std[1] == 1 and np.all(std[0] != 0):
+                scale = 1.0 / std[0] if _SCALE_OPS[after[0].op] else std[0]
+                return Domain(shape, "affine", "mean + std * z with z standard normal (the "
+                              "graph starts by normalizing (x - mean) / std)", scale=scale,
+                              shift=-operand[0] * scale)
+    return Domain(shape, "normal", "standard normal")
+
+
+# ops between an index input and its Gather: casts, reshapes, and Keras' negative-index
+# normalization where(i < 0, i + rows, i)
+_INDEX_STEPS = _THROUGH | {"SelectV2", "Select", "AddV2", "Add", "Maximum", "Minimum",
+                           "ClipByValue", "FloorMod"}
+_GATHERS = frozenset({"GatherV2", "Gather", "ResourceGather"})
+
+
+def _integer_domain(spec: TensorSpec, shape: tuple, nodes: dict, readers: dict) -> Domain:
+    rows, seen, frontier = [], {spec.name}, [spec.name]
+    for _ in range(6):
+        following = []
+        for name in frontier:
+            for reader in readers.get(name, ()):
+                refs = [node_name(r) for r in reader.input if not r.startswith("^")]
+                if reader.op in _GATHERS and len(refs) > 1 and refs[1] == name:
+                    rows.append(_rows(refs[0], nodes))
+                elif reader.op == "OneHot" and refs and refs[0] == name:
+                    depth = _constant(reader, 1, nodes)
+                    rows.append(None if depth is None else int(depth))
+                elif reader.op in _INDEX_STEPS and reader.name not in seen:
+                    seen.add(reader.name)
+                    following.append(reader.name)
+        frontier = following
+    known = [r for r in rows if r]
+    if known:
+        return Domain(shape, "indices", f"integers 0..{min(known) - 1} (they index a table "
+                      f"of {min(known)} rows)", high=min(known))
+    if "mask" in spec.name.lower():
+        return Domain(shape, "ones", "ones (a mask: nothing padded)")
+    return Domain(shape, "indices", "integers 0..9", high=10)
+
+
+def _rows(name: str, nodes: dict) -> int | None:
+    """The first dimension of a constant table, looking through identities."""
+    node = nodes.get(name)
+    while node is not None and node.op in FORWARDING_OPS:
+        node = nodes.get(node_name(node.input[0]))
+    if node is None or node.op != "Const":
+        return None
+    dims = node.attr["value"].tensor.tensor_shape.dim
+    return int(dims[0].size) if dims else None
+
+
+def draw(domains: dict[str, Domain], inputs: list[TensorSpec], samples: int,
+         seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """One feed dict per sample, deterministic for a seed."""
+    rng = np.random.default_rng(seed)
+    feeds = []
+    for _ in range(samples):
+        feed = {}
+        for spec in inputs:
+            domain, dtype = domains[spec.name], spec.numpy_dtype
+            if domain.how == "text":
+                value = np.full(domain.shape, b"tfopt", dtype=object)
+            elif domain.how == "bool":
+                value = rng.integers(0, 2, domain.shape).astype(bool)
+            elif domain.how == "ones":
+                value = np.ones(domain.shape, dtype)
+            elif domain.how == "indices":
+                value = rng.integers(0, domain.high, domain.shape).astype(dtype)
+            elif domain.how == "uniform":
+                value = rng.uniform(0.0, 255.0, domain.shape).astype(dtype)
+            else:
+                z = rng.standard_normal(domain.shape)
+                if domain.how == "affine":
+                    z = (z - domain.shift) / domain.scale
+                value = np.asarray(z).astype(dtype)
+            feed[spec.name] = value
+        feeds.append(feed)
+    return feeds
