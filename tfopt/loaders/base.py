@@ -11,7 +11,7 @@ import numpy as np
 
 from tfopt.categories import is_optimizer_variable, is_update_op
 from tfopt.errors import InputError, first_line
-from tfopt.graph import node_name, op_histogram, rename_node, unique_name
+from tfopt.graph import FORWARDING_OPS, node_name, op_histogram, rename_node, unique_name
 from tfopt.model import Model, TensorSpec
 
 
@@ -139,12 +139,39 @@ def freeze_function(fn, signature: str) -> Model:
     graph_def = frozen.graph.as_graph_def()
     in_names, out_names = function_io_names(fn)
     if len(in_names) != len(frozen.inputs):
-        raise ValueError(f"signature has {len(in_names)} inputs, graph has {len(frozen.inputs)}")
+        _refuse_captured_resources(frozen, len(in_names), signature)
     out_tensors = tf.nest.flatten(frozen.structured_outputs, expand_composites=True)
     name_signature(graph_def, [(n, t.op.name) for n, t in zip(in_names, frozen.inputs)],
                    [(n, t.name, t.dtype.as_datatype_enum) for n, t in zip(out_names, out_tensors)])
     return Model(graph_def, [spec_from_tf(n, t) for n, t in zip(in_names, frozen.inputs)],
                  [spec_from_tf(n, t) for n, t in zip(out_names, out_tensors)], signature)
+
+
+def _refuse_captured_resources(frozen, signature_inputs: int, signature: str) -> None:
+    """Freezing folds variables but leaves other captured resources (lookup tables, above
+    all) as extra graph inputs that no artifact could be fed: name them."""
+    import tensorflow as tf
+
+    extra = list(frozen.inputs)[signature_inputs:]
+    readers, frontier = set(), [op for t in extra for op in t.consumers()]
+    while frontier:  # through the Identity that a captured handle usually goes through
+        op = frontier.pop()
+        if op.type in FORWARDING_OPS:
+            frontier += [reader for out in op.outputs for reader in out.consumers()]
+        else:
+            readers.add(op.type)
+    tables = sorted(op for op in readers if "LookupTable" in op or "HashTable" in op)
+    if tables:
+        raise InputError(f"signature '{signature}' reads a lookup table ({', '.join(tables)}: "
+                         "a StringLookup, IntegerLookup, TextVectorization or "
+                         "tf.lookup table), which tfopt cannot freeze yet; convert the "
+                         "model without its lookup layer, or use the stock TFLite converter "
+                         "for this model")
+    kinds = ", ".join(sorted({tf.as_dtype(t.dtype).name for t in extra}))
+    read_by = ", ".join(sorted(readers)) or "nothing"
+    raise InputError(f"signature '{signature}' captures {len(extra)} resource(s) freezing "
+                     f"cannot fold ({kinds} read by {read_by}); export an inference "
+                     "signature that reads only variables")
 
 
 def name_signature(graph_def, inputs: list[tuple[str, str]],
