@@ -102,3 +102,13 @@ def test_python_api_survives_importing_the_cli_module(tmp_path):
     assert isinstance(result, tfopt.FreezeResult)
     assert json.loads((tmp_path / "o" / "report.json").read_text()) == \
         json.loads(result.to_json())
+
+
+def test_report_has_schema_version_library_versions_and_a_precision_column(tmp_path, capsys):
+    assert main([str(SAMPLES / "keras_cnn"), "-o", str(tmp_path / "o"), "--to", "pb"]) == 0
+    table = capsys.readouterr().out
+    assert "precision" in table and "fp32" in table
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["schema_version"] == 2
+    assert report["versions"]["tensorflow"] and report["versions"]["onnx"]
+    assert len(report["artifacts"][0]["sha256"]) == 64

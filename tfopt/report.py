@@ -12,6 +12,23 @@ from tfopt.model import TensorSpec
 from tfopt.passes import PassReport
 from tfopt.verify import Parity
 
+# 2: tfopt 0.2 (security, verification, sha256, parity rule and reason); 1: tfopt 0.1
+SCHEMA_VERSION = 2
+VERSIONED = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "protobuf")
+
+
+def library_versions() -> dict[str, str | None]:
+    """The versions of the libraries that shape an artifact, as installed."""
+    from importlib import metadata
+
+    found: dict[str, str | None] = {}
+    for package in VERSIONED:
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = None
+    return found
+
 
 @dataclass
 class GraphSummary:
@@ -96,6 +113,7 @@ class FreezeResult:
 
     def to_dict(self) -> dict:
         return {
+            "schema_version": SCHEMA_VERSION, "versions": library_versions(),
             "tfopt_version": self.tfopt_version, "seconds": self.seconds, "out_dir": self.out_dir,
             "exit_code": self.exit_code, "source": self.source.to_dict(),
             "inputs": [t.to_dict() for t in self.inputs],
@@ -129,14 +147,14 @@ class FreezeResult:
         for p in self.passes:
             lines.append(f"  {p.name:<20}{p.nodes_before:>7} ->{p.nodes_after:>5}"
                          f"{len(p.changes):>9}{len(p.skipped):>9}{p.seconds:>9.2f}")
-        lines += ["", f"  {'target':<12}{'status':<8}{'bytes':>10}{'nodes':>7}{'max_abs_err':>13}"
-                      f"{'parity':>8}  note"]
+        lines += ["", f"  {'target':<12}{'status':<8}{'precision':<14}{'bytes':>10}{'nodes':>7}"
+                      f"{'max_abs_err':>13}{'parity':>8}  note"]
         for a in self.artifacts:
             parity = a.parity
             err = f"{parity.max_abs_err:.2e}" if parity else "-"
             verdict = ("pass" if parity.passed else "FAIL") if parity else "-"
             note = a.error or (f"fallback {a.fallback}" if a.fallback else "")
-            lines.append(f"  {a.format:<12}{a.status:<8}{_size(a.bytes):>10}"
+            lines.append(f"  {a.format:<12}{a.status:<8}{a.precision:<14}{_size(a.bytes):>10}"
                          f"{a.nodes if a.nodes is not None else '-':>7}{err:>13}"
                          f"{verdict:>8}  {note}")
         return "\n".join(lines)

@@ -9,23 +9,10 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from tfopt.report import library_versions
+
 SUMMARY_COLUMNS = ("model", "target", "status", "cause", "error", "bytes", "nodes", "parity",
                    "max_abs_err", "precision", "seconds", "skipped")
-VERSIONED = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "protobuf")
-
-
-def versions() -> dict[str, str | None]:
-    from importlib import metadata
-
-    found: dict[str, str | None] = {}
-    for package in VERSIONED:
-        try:
-            found[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            found[package] = None
-    return found
-
-
 def summary_rows(records: list[dict]) -> list[dict]:
     rows = []
     for record in records:
@@ -49,7 +36,7 @@ def write_summary(out: Path, records: list[dict], failed: list[dict], skipped: l
     data: dict[str, Any] = {
         "models": len(records), "converted": len(records) - len(failed) - len(skipped),
         "skipped": skipped, "failed": len(failed), "failures_by_cause": groups,
-        "seconds": seconds, "versions": versions(), "rows": rows}
+        "seconds": seconds, "versions": library_versions(), "rows": rows}
     (out / "summary.json").write_text(json.dumps(data, indent=2, default=str))
     with open(out / "summary.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS)
