@@ -33,7 +33,7 @@ def test_module_cli_prints_the_report_as_json(tmp_path):
                 "parity"} <= artifact.keys()
         assert {"max_abs_err", "max_rel_err", "passed", "samples"} <= artifact["parity"].keys()
     assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "model.pb", "model.tflite",
-                                                      "report.json", "saved_model"]
+                                                      "report.html", "report.json", "saved_model"]
     assert "Traceback" not in run.stderr
 
 
@@ -85,7 +85,8 @@ def test_failed_targets_exit_3_and_the_rest_is_written(unconvertible, tmp_path, 
     assert main([str(unconvertible), "-o", str(out), "-q"]) == 3
     err = capsys.readouterr().err
     assert "target onnx failed" in err and "target tflite failed" in err
-    assert sorted(p.name for p in out.iterdir()) == ["model.pb", "report.json", "saved_model"]
+    assert sorted(p.name for p in out.iterdir()) == ["model.pb", "report.html", "report.json",
+                                                      "saved_model"]
     report = json.loads((out / "report.json").read_text())
     tflite = next(a for a in report["artifacts"] if a["format"] == "tflite")
     assert tflite["status"] == "failed" and "tf.Betainc" in tflite["blocking_ops"]
@@ -112,3 +113,18 @@ def test_report_has_schema_version_library_versions_and_a_precision_column(tmp_p
     assert report["schema_version"] == 2
     assert report["versions"]["tensorflow"] and report["versions"]["onnx"]
     assert len(report["artifacts"][0]["sha256"]) == 64
+
+
+def test_progress_lines_off_a_terminal_and_pure_json(tmp_path, capsys):
+    assert main([str(SAMPLES / "keras_cnn"), "-o", str(tmp_path / "a"), "--to", "pb"]) == 0
+    out = capsys.readouterr().out
+    stages = [line for line in out.splitlines() if line.startswith("tfopt: ")]
+    assert [s.split(" done in ")[0] for s in stages] == [
+        "tfopt: load keras_cnn", "tfopt: 7 passes", "tfopt: the original on 3 verification "
+        "inputs", "tfopt: pb: export and verify"]
+    assert main([str(SAMPLES / "keras_cnn"), "-o", str(tmp_path / "b"), "--to", "pb",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["exit_code"] == 0  # nothing but the JSON
+    assert main([str(SAMPLES / "keras_cnn"), "-o", str(tmp_path / "c"), "--to", "pb",
+                 "-q"]) == 0
+    assert capsys.readouterr().out == ""

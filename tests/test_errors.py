@@ -114,7 +114,7 @@ def test_non_empty_output_needs_overwrite(tmp_path, capsys):
     (out / "extra.txt").write_text("left in an output tfopt wrote")
     assert main([str(SAMPLES / "debug_module"), "-o", str(out), "--to", "pb", "--overwrite",
                  "-q"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["model.pb", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["model.pb", "report.html", "report.json"]
 
 
 def test_output_inside_source_is_refused(tmp_path, capsys):

@@ -1,6 +1,7 @@
 """The pipeline behind every entry point: load, freeze, run passes, export, verify, report."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -24,7 +25,9 @@ from tfopt.loaders import detect_format, load
 from tfopt.model import Model
 from tfopt.options import FreezeOptions
 from tfopt.output import check_output, make_staging, publish, writes_to
+from tfopt.pages import write_report
 from tfopt.passes import run_pipeline
+from tfopt.progress import Progress
 from tfopt.quantize import choose_precision
 from tfopt.report import ArtifactReport, FreezeResult, GraphSummary
 from tfopt.security import io_ops, refuse_io_ops, security_report
@@ -34,7 +37,8 @@ VERIFY_SAMPLES = 64  # calibration samples that quantized artifacts are checked 
 
 
 def freeze(src: str | os.PathLike, out_dir: str | os.PathLike | None = None,
-           options: FreezeOptions | None = None, **overrides: Any) -> FreezeResult:
+           options: FreezeOptions | None = None, *, progress: Progress | None = None,
+           **overrides: Any) -> FreezeResult:
     """Freeze a TensorFlow model into verified deployment artifacts.
 
     Args:
@@ -46,6 +50,7 @@ def freeze(src: str | os.PathLike, out_dir: str | os.PathLike | None = None,
         options: a FreezeOptions (tfopt/options.py documents every field).
         overrides: FreezeOptions fields as keywords, e.g. `targets=["onnx"]`,
             `quantize="int8", calibration="cal.npz"`; they override `options`.
+        progress: where to show the stages as they run (tfopt.progress); none by default.
 
     Returns:
         A FreezeResult. A target that failed to convert or verify is recorded there, not
@@ -67,7 +72,7 @@ def freeze(src: str | os.PathLike, out_dir: str | os.PathLike | None = None,
     out = check_output(src, out, opts.overwrite)
     staging = make_staging(out)
     try:
-        result = _run(src, out, staging, opts, start)
+        result = _run(src, out, staging, opts, start, progress or Progress())
         publish(staging, out, opts.overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -75,11 +80,12 @@ def freeze(src: str | os.PathLike, out_dir: str | os.PathLike | None = None,
     return result
 
 
-def _run(src: Path, out: Path, staging: Path, opts: FreezeOptions, start: float
-         ) -> FreezeResult:
+def _run(src: Path, out: Path, staging: Path, opts: FreezeOptions, start: float,
+         progress: Progress) -> FreezeResult:
     """Everything up to the publish: the finished output is in staging."""
     timings = {}
-    loaded = load(src, opts.load_options())
+    with progress.stage(f"load {src.name}"):
+        loaded = load(src, opts.load_options())
     timings["load"] = round(time.perf_counter() - start, 2)
     found = io_ops(loaded.model.graph_def, src if src.is_dir() else None)
     refuse_io_ops(found, opts.allow_io_ops)  # before anything runs the model
@@ -98,7 +104,8 @@ def _run(src: Path, out: Path, staging: Path, opts: FreezeOptions, start: float
     elif opts.quantize != "none" and calibration_feeds is not None:
         feeds = calibration_feeds[:VERIFY_SAMPLES]
     mark = time.perf_counter()
-    model, reports = run_pipeline(model, opts.passes)
+    with progress.stage(f"{len(opts.passes)} passes"):
+        model, reports = run_pipeline(model, opts.passes)
     timings["passes"] = round(time.perf_counter() - mark, 2)
     reports = loaded.passes + reports
     drawn = None
@@ -107,13 +114,14 @@ def _run(src: Path, out: Path, staging: Path, opts: FreezeOptions, start: float
         feeds = draw(domains, model.inputs, opts.samples)
         drawn = {name: domain.to_dict() for name, domain in domains.items()}
     mark = time.perf_counter()
-    try:
-        expected = [loaded.reference(feed) for feed in feeds]
-    except Exception as exc:  # TF raises many types for a feed the model rejects
-        raise InputError(f"the original model rejects the verification inputs: "
-                         f"{first_line(exc)}; check --input-shape or --data") from exc
-    _check_finite(model, expected)
-    floor = noise_floor(loaded.reference, feeds, expected)
+    with progress.stage(f"the original on {len(feeds)} verification inputs"):
+        try:
+            expected = [loaded.reference(feed) for feed in feeds]
+        except Exception as exc:  # TF raises many types for a feed the model rejects
+            raise InputError(f"the original model rejects the verification inputs: "
+                             f"{first_line(exc)}; check --input-shape or --data") from exc
+        _check_finite(model, expected)
+        floor = noise_floor(loaded.reference, feeds, expected)
     timings["reference"] = round(time.perf_counter() - mark, 2)  # noise floor included
     check = Check(feeds, expected, opts.atol, opts.rtol, labels,
                   top1_accuracy(expected, labels) if labels is not None else None,
@@ -130,10 +138,11 @@ def _run(src: Path, out: Path, staging: Path, opts: FreezeOptions, start: float
     artifacts = []
     with writes_to(out):
         for fmt in opts.targets:
-            prepared, prepared_reports = prepare(fmt, model)
-            reports += prepared_reports
-            artifacts.append(_export(fmt, prepared, staging, out, export, check,
-                                     opts.objective))
+            with progress.stage(f"{fmt}: export and verify"):
+                prepared, prepared_reports = prepare(fmt, model)
+                reports += prepared_reports
+                artifacts.append(_export(fmt, prepared, staging, out, export, check,
+                                         opts.objective))
         result = FreezeResult(
             tfopt_version=__version__, seconds=0.0, out_dir=str(out), source=loaded.source,
             inputs=model.inputs, outputs=model.outputs, removed=dict(removed), passes=reports,
@@ -143,7 +152,9 @@ def _run(src: Path, out: Path, staging: Path, opts: FreezeOptions, start: float
             reference_accuracy=check.reference_accuracy,
             security=security_report(found, opts.allow_io_ops), verification=verification)
         result.seconds = round(time.perf_counter() - start, 2)
-        (staging / "report.json").write_text(result.to_json())
+        written = result.to_json()
+        (staging / "report.json").write_text(written)
+        write_report(staging, json.loads(written))
     return result
 
 

@@ -61,12 +61,13 @@ def choose_precision(fmt: str, model: Model, path: Path, options: ExportOptions,
 
         baseline = attempt("fp32", "none")
         calibrated = options.calibration is not None
+        layer_errors: list[dict] = []
         for mode in ORDER:
             if mode in ("int8", "int16x8") and not calibrated:
                 continue
             report = attempt(mode, mode)
             if mode == "int8" and report.parity is not None and not report.parity.passed:
-                _with_float_layers(model, options, attempt)
+                layer_errors = _with_float_layers(model, options, attempt)
         chosen = _choose(tried, baseline, objective)
         summary = [{"precision": r.precision, "float_layers": list(r.float_layers),
                     "status": r.status, "bytes": r.bytes, "latency_ms": speed,
@@ -78,7 +79,7 @@ def choose_precision(fmt: str, model: Model, path: Path, options: ExportOptions,
         report, source, _ = chosen
         remove(path)
         shutil.move(str(source), str(path))
-        report.auto = {"objective": objective, "tried": summary,
+        report.auto = {"objective": objective, "tried": summary, "layer_errors": layer_errors,
                        "chosen": report.precision, "float_layers": list(report.float_layers)}
         if not calibrated:
             report.note = "auto: int8/int16x8 not tried without --calibration"
@@ -98,17 +99,19 @@ def _choose(tried, baseline: ArtifactReport, objective: str):
     return min(fits, key=key)
 
 
-def _with_float_layers(model: Model, options: ExportOptions, attempt) -> None:
-    """Retry int8 keeping the 1, 2, 4, 8 layers that int8 hurts most in float."""
-    ranked = [name for name, _ in sorted(layer_sensitivity(model,
-                                                           options.calibration or []).items(),
-                                         key=lambda kv: -kv[1])]
+def _with_float_layers(model: Model, options: ExportOptions, attempt) -> list[dict]:
+    """Retry int8 keeping the 1, 2, 4, 8 layers that int8 hurts most in float; returns the
+    per-layer errors that ranked them, worst first."""
+    scores = sorted(layer_sensitivity(model, options.calibration or []).items(),
+                    key=lambda kv: -kv[1])
+    ranked = [name for name, _ in scores]
     for count in FALLBACK_LAYERS:
         if count > len(ranked):
             break
         report = attempt(f"int8_float{count}", "int8", ranked[:count])
-        if report.status == "ok" and report.parity.passed:
-            return
+        if report.status == "ok" and report.parity is not None and report.parity.passed:
+            break
+    return [{"layer": name, "int8_error": round(score, 6)} for name, score in scores[:20]]
 
 
 # ops whose output is their input rearranged: quantizing them adds no error of their own

@@ -214,6 +214,10 @@ def _budget_reasons(parity: Parity, budget: Budget, reference_accuracy: float | 
                     measured: bool) -> list[str]:
     if not measured or parity.cosine is None:
         return ["no floating-point output to measure the budget on"]
+    for out in parity.outputs.values():  # per output, the budget decides too
+        if "cosine" in out:
+            out["passed"] = out["cosine"] >= budget.min_cosine and \
+                out.get("top1_agreement", 1.0) >= budget.min_agreement
     reasons = []
     if parity.cosine < budget.min_cosine:
         reasons.append(f"cosine similarity {parity.cosine:.4f} is below the budget "

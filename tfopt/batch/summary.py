@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from tfopt.pages import write_summary_page
 from tfopt.report import library_versions
 
 SUMMARY_COLUMNS = ("model", "target", "status", "cause", "error", "bytes", "nodes", "parity",
@@ -54,6 +55,7 @@ def write_summary(out: Path, records: list[dict], failed: list[dict], skipped: l
         lines += [f"- {cause}: {', '.join(names)}" for cause, names in groups.items()]
     lines += ["", "versions: " + ", ".join(f"{k} {v}" for k, v in data["versions"].items())]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
+    write_summary_page(out, json.loads(json.dumps(data, default=str)))
 
 
 class Progress:

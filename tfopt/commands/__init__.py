@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tfopt.commands import batch, freeze, inspect_model
+from tfopt.commands import batch, freeze, inspect_model, report_page
 from tfopt.commands.common import EXIT_CODES, Parser, source_parser
 
-COMMANDS = {"freeze": freeze, "inspect": inspect_model, "batch": batch}
+COMMANDS = {"freeze": freeze, "inspect": inspect_model, "batch": batch, "report": report_page}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -23,10 +23,10 @@ def parser() -> argparse.ArgumentParser:
         description="Turn a TensorFlow model into lean, verified deployment artifacts. "
                     "`tfopt SRC` is `tfopt freeze SRC`.")
     top.add_argument("--version", action="version", version=f"tfopt {__version__}")
-    commands = top.add_subparsers(dest="command", metavar="{freeze,inspect,batch}")
+    commands = top.add_subparsers(dest="command", metavar="{freeze,inspect,batch,report}")
     shared = [source_parser()]
-    for module in COMMANDS.values():
-        module.add_parser(commands, shared)
+    for name, module in COMMANDS.items():
+        module.add_parser(commands, shared if name != "report" else [])
     return top
 
 

@@ -34,8 +34,10 @@ def run(args: argparse.Namespace) -> int:
 
     def convert():
         from tfopt.api import freeze
+        from tfopt.progress import for_terminal
 
-        return freeze(args.src, args.output, **given_options(args))
+        return freeze(args.src, args.output, progress=for_terminal(args.quiet or args.json),
+                      **given_options(args))
 
     result, code = guarded(convert, args.debug)
     if result is None:

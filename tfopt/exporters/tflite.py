@@ -1,5 +1,5 @@
 """TFLite flatbuffer (`model.tflite`) via the TFLite converter, with fallbacks, run back in
-tf.lite.Interpreter."""
+the LiteRT interpreter (ai-edge-litert), which replaces the deprecated tf.lite.Interpreter."""
 from __future__ import annotations
 
 import re
@@ -104,11 +104,8 @@ def _denylist(flatbuffer: bytes, layers: set[str]) -> list[str]:
     A fused op's output is named by the TF nodes it fuses, joined by ';', and a name already
     taken (by the layer's weights) gets a digit appended.
     """
-    import tensorflow as tf
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        found = tf.lite.Interpreter(model_content=flatbuffer)
+    found = _interpreter_class()(model_content=flatbuffer)
     names = {t["index"]: t["name"] for t in found.get_tensor_details()}
     ops = found._get_ops_details()  # the public API lists tensors, not which op reads them
     def computes(tensor: int) -> bool:
@@ -209,12 +206,21 @@ def describe(path: Path, model: Model) -> dict[str, int]:
     return dict(sorted(Counter(op_names(path)).items()))
 
 
-def interpreter(path: Path):
-    import tensorflow as tf
+def _interpreter_class():
+    """LiteRT's interpreter; tf.lite.Interpreter (deprecated, warns) where it is missing."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        import tensorflow as tf
 
-    with warnings.catch_warnings(), native_stderr_silenced():
-        warnings.simplefilter("ignore")  # tf.lite.Interpreter warns that it is deprecated
-        found = tf.lite.Interpreter(model_path=str(path))
+        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+        return tf.lite.Interpreter
+    return Interpreter
+
+
+def interpreter(path: Path):
+    with native_stderr_silenced():
+        found = _interpreter_class()(model_path=str(path))
         found.allocate_tensors()  # XNNPACK announces itself here
         return found
 
