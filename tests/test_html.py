@@ -131,6 +131,10 @@ def test_reports_match_the_shipped_json_schema(outputs, tmp_path):
     for out in (outputs["cnn"], outputs["failing"], outputs["batch"] / "cnn",
                 Path(quantized.out_dir)):
         jsonschema.validate(json.loads((out / "report.json").read_text()), schema)
+    stages = json.loads((outputs["cnn"] / "report.json").read_text())["resources"]["stages"]
+    assert [s["stage"] for s in stages][-4:] == [f"{t}: export and verify" for t in
+                                                 ("onnx", "tflite", "pb", "saved_model")]
+    assert all(s["peak_rss_mb"] >= s["rss_start_mb"] > 0 for s in stages)
     broken = json.loads((outputs["cnn"] / "report.json").read_text())
     del broken["artifacts"][0]["sha256"]
     with pytest.raises(jsonschema.ValidationError):

@@ -30,6 +30,7 @@ from tfopt.passes import run_pipeline
 from tfopt.progress import Progress
 from tfopt.quantize import choose_precision
 from tfopt.report import ArtifactReport, FreezeResult, GraphSummary
+from tfopt.resources import Stages
 from tfopt.security import io_ops, refuse_io_ops, security_report
 from tfopt.verify import BUDGETS, Budget, Check, noise_floor, top1_accuracy
 
@@ -83,8 +84,9 @@ def freeze(src: str | os.PathLike, out_dir: str | os.PathLike | None = None,
 def _run(src: Path, out: Path, staging: Path, opts: FreezeOptions, start: float,
          progress: Progress) -> FreezeResult:
     """Everything up to the publish: the finished output is in staging."""
+    stages = Stages(progress)
     timings = {}
-    with progress.stage(f"load {src.name}"):
+    with stages(f"load {src.name}"):
         loaded = load(src, opts.load_options())
     timings["load"] = round(time.perf_counter() - start, 2)
     found = io_ops(loaded.model.graph_def, src if src.is_dir() else None)
@@ -104,7 +106,7 @@ def _run(src: Path, out: Path, staging: Path, opts: FreezeOptions, start: float,
     elif opts.quantize != "none" and calibration_feeds is not None:
         feeds = calibration_feeds[:VERIFY_SAMPLES]
     mark = time.perf_counter()
-    with progress.stage(f"{len(opts.passes)} passes"):
+    with stages(f"{len(opts.passes)} passes"):
         model, reports = run_pipeline(model, opts.passes)
     timings["passes"] = round(time.perf_counter() - mark, 2)
     reports = loaded.passes + reports
@@ -114,7 +116,7 @@ def _run(src: Path, out: Path, staging: Path, opts: FreezeOptions, start: float,
         feeds = draw(domains, model.inputs, opts.samples)
         drawn = {name: domain.to_dict() for name, domain in domains.items()}
     mark = time.perf_counter()
-    with progress.stage(f"the original on {len(feeds)} verification inputs"):
+    with stages(f"the original on {len(feeds)} verification inputs"):
         try:
             expected = [loaded.reference(feed) for feed in feeds]
         except Exception as exc:  # TF raises many types for a feed the model rejects
@@ -138,7 +140,7 @@ def _run(src: Path, out: Path, staging: Path, opts: FreezeOptions, start: float,
     artifacts = []
     with writes_to(out):
         for fmt in opts.targets:
-            with progress.stage(f"{fmt}: export and verify"):
+            with stages(f"{fmt}: export and verify"):
                 prepared, prepared_reports = prepare(fmt, model)
                 reports += prepared_reports
                 artifacts.append(_export(fmt, prepared, staging, out, export, check,
@@ -150,7 +152,8 @@ def _run(src: Path, out: Path, staging: Path, opts: FreezeOptions, start: float,
                                 constant_bytes(model.graph_def)),
             artifacts=artifacts, timings=timings,
             reference_accuracy=check.reference_accuracy,
-            security=security_report(found, opts.allow_io_ops), verification=verification)
+            security=security_report(found, opts.allow_io_ops), verification=verification,
+            resources=stages.report())
         result.seconds = round(time.perf_counter() - start, 2)
         written = result.to_json()
         (staging / "report.json").write_text(written)

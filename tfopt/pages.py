@@ -125,18 +125,22 @@ def size_chart(report: dict) -> str | None:
     return _svg(figure)
 
 
-def time_chart(report: dict) -> str:
-    """Seconds per stage: loading, passes, the reference run, and each target's export and
-    verification."""
-    timings = report.get("timings", {})
-    stages = [(k, timings[k]) for k in ("load", "passes", "reference") if k in timings]
-    for a in report["artifacts"]:
-        stages.append((f"{a['format']} export", a.get("seconds") or 0.0))
-        if a.get("verify_seconds") is not None:
-            stages.append((f"{a['format']} verify", a["verify_seconds"]))
-    figure, axes = _figure(0.3 * len(stages) + 0.8)
-    axes.barh([s for s, _ in stages][::-1], [v for _, v in stages][::-1], color=PALETTE[2])
-    axes.set_xlabel("seconds")
+def resource_chart(report: dict) -> str | None:
+    """Seconds and peak resident memory per stage of the run."""
+    stages = report.get("resources", {}).get("stages", [])
+    if not stages:
+        return None
+    import matplotlib.pyplot as plt
+
+    _figure(0.1)  # the shared style
+    plt.close("all")
+    figure, (left, right) = plt.subplots(1, 2, figsize=(7.5, 0.32 * len(stages) + 0.9),
+                                         sharey=True)
+    names = [s["stage"] for s in stages][::-1]
+    left.barh(names, [s["seconds"] for s in stages][::-1], color=PALETTE[2])
+    left.set_xlabel("seconds")
+    right.barh(names, [s["peak_rss_mb"] or 0 for s in stages][::-1], color=PALETTE[4])
+    right.set_xlabel("peak RSS (MB)")
     return _svg(figure)
 
 
@@ -156,7 +160,7 @@ def verdict(artifact: dict) -> tuple[str, str]:
 def render_report(report: dict) -> str:
     charts = {"ops": op_chart(report), "passes": pass_chart(report),
               "removed": removed_chart(report), "sizes": size_chart(report),
-              "times": time_chart(report)}
+              "resources": resource_chart(report)}
     return _environment().get_template("report.html.j2").render(
         report=report, charts=charts, verdicts={a["format"]: verdict(a)
                                                 for a in report["artifacts"]})

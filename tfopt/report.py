@@ -87,6 +87,7 @@ class FreezeResult:
     reference_accuracy: float | None = None  # the original's top-1 on --eval
     security: dict = field(default_factory=dict)  # side-effect ops found, and if allowed
     verification: dict = field(default_factory=dict)  # inputs, rule, the original's noise
+    resources: dict = field(default_factory=dict)  # seconds and peak RSS per stage
 
     @property
     def conversion_seconds(self) -> float:
@@ -122,7 +123,8 @@ class FreezeResult:
             "frozen": self.frozen.to_dict(), "artifacts": [a.to_dict() for a in self.artifacts],
             "timings": dict(self.timings, conversion=self.conversion_seconds),
             "reference_accuracy": self.reference_accuracy,
-            "security": self.security, "verification": self.verification}
+            "security": self.security, "verification": self.verification,
+            "resources": self.resources}
 
     def to_json(self) -> str:
         return json.dumps(_strict(self.to_dict()), indent=2, default=str)
