@@ -27,7 +27,6 @@ from tfopt.model import Model, TensorSpec
 _THROUGH = FORWARDING_OPS | {"Cast", "Reshape", "ExpandDims", "Squeeze"}
 _SCALE_OPS = {"Mul": False, "RealDiv": True}  # op -> whether the constant divides
 _SHIFT_OPS = {"Add": 1.0, "AddV2": 1.0, "Sub": -1.0, "BiasAdd": 1.0}
-SEQUENCE_LENGTH, SPATIAL_SIZE = 16, 32
 
 
 @dataclass(frozen=True)
@@ -43,23 +42,13 @@ class Domain:
         return {"shape": list(self.shape), "drawn": self.why}
 
 
-def concrete_shape(spec: TensorSpec, given: tuple[int, ...] | None) -> tuple[int, ...]:
-    if given is not None:
-        return tuple(given)
-    if spec.shape is None:
-        return (1,)
-    rank = len(spec.shape)
-    fill = [1] + [SEQUENCE_LENGTH if rank <= 3 else SPATIAL_SIZE] * (rank - 1)
-    return tuple(f if d is None else d for d, f in zip(spec.shape, fill))
-
-
 def input_domains(model: Model, shapes: dict[str, tuple[int, ...]]) -> dict[str, Domain]:
     graph_def = model.graph_def
     nodes = {n.name: n for n in graph_def.node}
     readers = consumers(graph_def)
     found = {}
     for spec in model.inputs:
-        shape = concrete_shape(spec, shapes.get(spec.name))
+        shape = spec.concrete_shape(shapes.get(spec.name))
         dtype = spec.numpy_dtype
         if spec.dtype == "string":
             found[spec.name] = Domain(shape, "text", "the constant string 'tfopt'")

@@ -8,6 +8,8 @@ import numpy as np
 
 from tfopt.graph import copy_graph
 
+SEQUENCE_LENGTH, SPATIAL_SIZE = 16, 32  # unknown dims of drawn inputs
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -35,12 +37,15 @@ class TensorSpec:
             d is None or d == s for d, s in zip(self.shape, shape)))
 
     def concrete_shape(self, override: tuple[int, ...] | None = None) -> tuple[int, ...]:
-        """The shape to feed: the override, or this shape with unknown dims set to 1."""
+        """The shape to feed: the override, or this shape with unknown dims filled: 1 for
+        the batch, 16 for a sequence (rank 2-3), 32 for a spatial dimension (rank 4+)."""
         if override is not None:
             return tuple(override)
         if self.shape is None:
             return (1,)
-        return tuple(1 if d is None else d for d in self.shape)
+        rank = len(self.shape)
+        fill = [1] + [SEQUENCE_LENGTH if rank <= 3 else SPATIAL_SIZE] * (rank - 1)
+        return tuple(f if d is None else d for d, f in zip(self.shape, fill))
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Any
 
 from tfopt.batch.executors import LocalExecutor, RayExecutor
 from tfopt.batch.jobs import Job, content_key, discover
-from tfopt.batch.summary import Progress, write_summary
+from tfopt.batch.summary import BatchProgress, write_summary
 from tfopt.errors import EXIT_SOME_FAILED
 from tfopt.files import path_bytes
 from tfopt.options import FreezeOptions
@@ -68,7 +68,7 @@ def run_batch(sources: list[str], out_dir: str | os.PathLike, *, workers: int | 
             skipped.append(job.name)
         else:
             todo.append(job.__dict__.copy())
-    progress = progress or Progress(len(jobs), len(skipped))
+    progress = progress or BatchProgress(len(jobs), len(skipped))
     stop = {"flag": False}
 
     def on_done(record: dict) -> bool:

@@ -58,7 +58,7 @@ def write_summary(out: Path, records: list[dict], failed: list[dict], skipped: l
     write_summary_page(out, json.loads(json.dumps(data, default=str)))
 
 
-class Progress:
+class BatchProgress:
     """A rich progress bar (count, elapsed, ETA, latest failures) on a terminal; plain log
     lines elsewhere (CI)."""
 
