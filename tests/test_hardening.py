@@ -60,18 +60,8 @@ def hostile(tmp_path_factory) -> dict[str, Path]:
         def serve(self, text):
             return {"length": tf.strings.length(text)}
 
-    class Table(tf.Module):
-        def __init__(self):
-            self.table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
-                ["a", "b"], [1, 2], value_dtype=tf.int64), -1)
-
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="word")])
-        def serve(self, word):
-            return {"id": self.table.lookup(word)}
-
     for name, cls in (("writes_file", WritesFile), ("nan_weights", NanWeights),
-                      ("py_function", PyFunction), ("strings", Strings),
-                      ("lookup_table", Table)):
+                      ("py_function", PyFunction), ("strings", Strings)):
         module = cls()
         made[name] = root / name
         tf.saved_model.save(module, str(made[name]), signatures={"serving_default": module.serve})
@@ -150,7 +140,6 @@ CASES = [
     ("py_function", [], "py_function", "out", 2, "calls back into Python"),
     ("nan_weights", [], "nan_weights", "out", 2, "NaN or Inf"),
     ("keras_lambda", [], "lambda", "out", 2, "--unsafe-keras"),
-    ("lookup_table", [], "lookup_table", "out", 2, "reads a lookup table"),
 ]
 
 

@@ -37,6 +37,7 @@ class Domain:
     scale: Any = 1.0  # affine: the map's scale and shift
     shift: Any = 0.0
     high: int = 10  # indices: exclusive upper bound
+    choices: tuple = ()  # choice: the values to draw from
 
     def to_dict(self) -> dict:
         return {"shape": list(self.shape), "drawn": self.why}
@@ -51,7 +52,7 @@ def input_domains(model: Model, shapes: dict[str, tuple[int, ...]]) -> dict[str,
         shape = spec.concrete_shape(shapes.get(spec.name))
         dtype = spec.numpy_dtype
         if spec.dtype == "string":
-            found[spec.name] = Domain(shape, "text", "the constant string 'tfopt'")
+            found[spec.name] = _string_domain(spec, shape, graph_def, readers)
         elif dtype == np.bool_:
             found[spec.name] = Domain(shape, "bool", "random booleans")
         elif np.issubdtype(dtype, np.integer):
@@ -59,6 +60,21 @@ def input_domains(model: Model, shapes: dict[str, tuple[int, ...]]) -> dict[str,
         else:
             found[spec.name] = _float_domain(spec, shape, nodes, readers)
     return found
+
+
+def _string_domain(spec: TensorSpec, shape: tuple, graph_def: Any, readers: dict) -> Domain:
+    """Strings looked up in a constant table are drawn from its keys, and one unknown."""
+    from tfopt.loaders.tables import table_contents
+
+    for reader in _first_readers(spec.name, readers):
+        if reader.op == "LookupTableFindV2":
+            contents = table_contents(graph_def, reader)
+            if contents is not None:
+                keys = np.asarray(contents[0]).reshape(-1).tolist()[:1000]
+                return Domain(shape, "choice", f"keys of the lookup table it reads "
+                              f"({len(keys)} of them) and one unknown string",
+                              choices=tuple(keys) + (b"<tfopt-unknown>",))
+    return Domain(shape, "text", "the constant string 'tfopt'")
 
 
 def _first_readers(name: str, readers: dict) -> list:
@@ -180,6 +196,9 @@ def draw(domains: dict[str, Domain], inputs: list[TensorSpec], samples: int,
             domain, dtype = domains[spec.name], spec.numpy_dtype
             if domain.how == "text":
                 value = np.full(domain.shape, b"tfopt", dtype=object)
+            elif domain.how == "choice":
+                picks = rng.integers(0, len(domain.choices), domain.shape)
+                value = np.array(domain.choices, dtype=object)[picks]
             elif domain.how == "bool":
                 value = rng.integers(0, 2, domain.shape).astype(bool)
             elif domain.how == "ones":

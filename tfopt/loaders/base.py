@@ -12,6 +12,7 @@ import numpy as np
 from tfopt.categories import is_optimizer_variable, is_update_op
 from tfopt.errors import InputError, first_line
 from tfopt.graph import FORWARDING_OPS, node_name, op_histogram, rename_node, unique_name
+from tfopt.loaders.tables import freeze_tables
 from tfopt.model import Model, TensorSpec
 
 
@@ -138,7 +139,8 @@ def freeze_function(fn, signature: str) -> Model:
         raise InputError(f"cannot freeze signature '{signature}': {first_line(exc)}") from exc
     graph_def = frozen.graph.as_graph_def()
     in_names, out_names = function_io_names(fn)
-    if len(in_names) != len(frozen.inputs):
+    if len(in_names) != len(frozen.inputs) and \
+            not freeze_tables(fn, frozen, graph_def, len(in_names)):
         _refuse_captured_resources(frozen, len(in_names), signature)
     out_tensors = tf.nest.flatten(frozen.structured_outputs, expand_composites=True)
     name_signature(graph_def, [(n, t.op.name) for n, t in zip(in_names, frozen.inputs)],

@@ -49,6 +49,66 @@ def unsupported_ops(model: Model, opset: int) -> list[str]:
     return sorted(op for op in ops - _STRUCTURAL if tf_op.find_effective_op(op) is None)
 
 
+# LabelEncoder attribute names per numpy kind of the keys / values
+_KEYS = {"U": "keys_strings", "S": "keys_strings", "O": "keys_strings", "i": "keys_int64s",
+         "f": "keys_floats"}
+_VALUES = {"U": "strings", "S": "strings", "O": "strings", "i": "int64s", "f": "floats"}
+
+
+def label_encoders(proto: Any, graph_def: Any) -> Any:
+    """tf2onnx leaves a frozen lookup table as raw HashTableV2 / LookupTableFindV2 nodes:
+    each lookup becomes an ai.onnx.ml LabelEncoder holding the table's keys and values.
+
+    Written here because tf2onnx converts tables only from its own SavedModel loader (its
+    from_graph_def cannot take the table contents), and that ONNX fails the full checker.
+    """
+    import numpy as np
+    from onnx import helper
+
+    from tfopt.exporters.onnx.graph import OnnxGraph
+    from tfopt.loaders.tables import table_contents
+
+    finds = {n.name: n for n in graph_def.node if n.op == "LookupTableFindV2"}
+    graph = OnnxGraph(proto)
+    replaced, dropped = {}, set()
+    for node in proto.graph.node:
+        if node.op_type == "HashTableV2":
+            dropped.add(id(node))
+        if node.op_type != "LookupTableFindV2" or node.name not in finds:
+            continue
+        contents = table_contents(graph_def, finds[node.name])
+        default = graph.constants.get(node.input[2])
+        if contents is None or default is None:
+            continue
+        keys, values = (np.asarray(a).reshape(-1) for a in contents)
+        text = values.dtype.kind in "USO"
+        fill = default.reshape(-1)[0]
+        attrs = {_KEYS[keys.dtype.kind]: [k.decode() if isinstance(k, bytes) else k
+                                          for k in keys.tolist()],
+                 f"values_{_VALUES[values.dtype.kind]}": [
+                     v.decode() if isinstance(v, bytes) else v for v in values.tolist()],
+                 "default_" + {"strings": "string", "int64s": "int64", "floats": "float"}[
+                     _VALUES[values.dtype.kind]]: fill.decode() if text and
+                 isinstance(fill, bytes) else fill.item() if hasattr(fill, "item") else fill}
+        replaced[id(node)] = helper.make_node("LabelEncoder", [node.input[1]],
+                                              list(node.output), name=node.name,
+                                              domain="ai.onnx.ml", **attrs)
+    if not replaced:
+        return proto
+    graph.replace(replaced, dropped)
+    if not any(o.domain == "ai.onnx.ml" for o in proto.opset_import):
+        proto.opset_import.append(helper.make_opsetid("ai.onnx.ml", 2))
+    # tf2onnx could not infer the lookups' outputs: they have the keys' shape
+    typed = {v.name: v.type.tensor_type for v in list(proto.graph.input)
+             + list(proto.graph.value_info) if v.type.tensor_type.HasField("shape")}
+    for node in replaced.values():
+        for value in list(proto.graph.output) + list(proto.graph.value_info):
+            if value.name == node.output[0] and not value.type.tensor_type.HasField("shape") \
+                    and node.input[0] in typed:
+                value.type.tensor_type.shape.CopyFrom(typed[node.input[0]].shape)
+    return proto
+
+
 def to_onnx(model: Model, opset: int) -> Any:
     """The frozen graph as a checked ONNX ModelProto; inputs and outputs keep the signature's
     names."""
@@ -65,6 +125,7 @@ def to_onnx(model: Model, opset: int) -> Any:
                 tensors_to_rename={t.tensor: t.name for t in model.inputs + model.outputs})
     except Exception as exc:  # tf2onnx raises ValueError, KeyError and others
         raise ConversionError(f"tf2onnx failed: {first_line(exc)}") from exc
+    proto = label_encoders(proto, model.graph_def)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:  # ValidationError, InferenceError

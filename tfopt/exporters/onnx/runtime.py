@@ -29,8 +29,19 @@ def runner(path: Path, model: Model) -> Callable[[dict], dict]:
     names = [o.name for o in found.get_outputs()]
 
     def run(feed: dict) -> dict:
-        return dict(zip(names, found.run(names, feed)))
+        return dict(zip(names, found.run(names, {k: _onnx_strings(v) for k, v in
+                                                 feed.items()})))
     return run
+
+
+def _onnx_strings(value: Any) -> Any:
+    """TF's strings are bytes; onnxruntime matches str (UTF-8) against string tensors."""
+    import numpy as np
+
+    if isinstance(value, np.ndarray) and value.dtype.kind in "OS" and value.size \
+            and isinstance(value.reshape(-1)[0], (bytes, np.bytes_)):
+        return np.vectorize(lambda b: b.decode("utf-8", "replace"), otypes=[object])(value)
+    return value
 
 
 def run_random(proto: Any) -> list | None:

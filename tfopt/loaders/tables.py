@@ -1,0 +1,88 @@
+"""Lookup tables that a signature captures, frozen into the graph as constant tables.
+
+Freezing folds variables but leaves a table's resource handle as an extra graph input.
+Each such handle becomes `HashTableV2` + `LookupTableImportV2(keys, values)`, the keys and
+values read from the live table with `LookupTableExportV2` (as tf2onnx's loader does), and
+the import ordered before every lookup. TensorFlow runs that graph as it is, the TFLite
+converter maps it to its HASHTABLE builtins, and the ONNX exporter turns each lookup into
+an `ai.onnx.ml` LabelEncoder.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from tfopt.graph import FORWARDING_OPS, add_const, consumers, node_name
+
+LOOKUPS = frozenset({"LookupTableFindV2", "LookupTableSizeV2"})
+
+
+def _lookups(graph_def: Any, name: str) -> list:
+    """The lookup ops reading a table handle, through identities."""
+    readers = consumers(graph_def)
+    found, frontier = [], [name]
+    while frontier:
+        for reader in readers.get(frontier.pop(), ()):
+            if reader.op in FORWARDING_OPS:
+                frontier.append(reader.name)
+            elif reader.op in LOOKUPS:
+                found.append(reader)
+            else:
+                return []  # read by something else: not a plain lookup table
+    return found
+
+
+def freeze_tables(fn: Any, frozen: Any, graph_def: Any, signature_inputs: int) -> bool:
+    """Replace every captured table handle left in graph_def by a constant table; False
+    when some extra input is not a table this can freeze (graph_def is then unchanged)."""
+    import tensorflow as tf
+
+    external = {internal.op.name: outer for outer, internal in fn.graph.captures}
+    extra = [t.op.name for t in list(frozen.inputs)[signature_inputs:]]
+    plans = []
+    for name in extra:
+        lookups = _lookups(graph_def, name)
+        finds = [n for n in lookups if n.op == "LookupTableFindV2"]
+        if not finds or name not in external:
+            return False
+        key_dtype, value_dtype = finds[0].attr["Tin"].type, finds[0].attr["Tout"].type
+        keys, values = tf.raw_ops.LookupTableExportV2(
+            table_handle=external[name], Tkeys=tf.as_dtype(key_dtype),
+            Tvalues=tf.as_dtype(value_dtype))
+        plans.append((name, key_dtype, value_dtype, keys.numpy(), values.numpy(), lookups))
+    nodes = {n.name: n for n in graph_def.node}
+    for name, key_dtype, value_dtype, keys, values, lookups in plans:
+        table = nodes[name]
+        table.op = "HashTableV2"
+        table.attr.clear()
+        table.attr["key_dtype"].type = key_dtype
+        table.attr["value_dtype"].type = value_dtype
+        table.attr["shared_name"].s = f"tfopt_table_{name}".encode()
+        key_node = add_const(graph_def, f"{name}/keys", keys)
+        value_node = add_const(graph_def, f"{name}/values", values)
+        importer = graph_def.node.add(name=f"{name}/import", op="LookupTableImportV2",
+                                      input=[name, key_node.name, value_node.name])
+        importer.attr["Tin"].type = key_dtype
+        importer.attr["Tout"].type = value_dtype
+        for lookup in lookups:  # the import runs before each lookup (again: it is idempotent)
+            lookup.input.append("^" + importer.name)
+    return True
+
+
+def table_contents(graph_def: Any, find: Any) -> tuple[Any, Any] | None:
+    """(keys, values) of the constant table a LookupTableFindV2 reads, or None."""
+    from tfopt.graph import const_value
+
+    nodes = {n.name: n for n in graph_def.node}
+    table = nodes.get(node_name(find.input[0]))
+    while table is not None and table.op in FORWARDING_OPS:
+        table = nodes.get(node_name(table.input[0]))
+    if table is None or table.op != "HashTableV2":
+        return None
+    importer = next((n for n in graph_def.node if n.op == "LookupTableImportV2"
+                     and node_name(n.input[0]) == table.name), None)
+    if importer is None:
+        return None
+    keys, values = (nodes.get(node_name(importer.input[i])) for i in (1, 2))
+    if keys is None or values is None or keys.op != "Const" or values.op != "Const":
+        return None
+    return const_value(keys), const_value(values)
