@@ -4,7 +4,7 @@
     result = tfopt.freeze("saved_models/keras_cnn", "out/keras_cnn")
     print(result.summary()); assert result.exit_code == 0
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["FreezeOptions", "FreezeResult", "__version__", "freeze"]
 
