@@ -206,3 +206,17 @@ def test_canonical_names_make_equal_graphs_equal_bytes():
     assert first.SerializeToString() == second.SerializeToString()
     assert log.changes[0]["names_renumbered"] > 0
     assert [v.name for v in first.graph.output] == ["y"]  # graph outputs keep their names
+
+
+def test_short_names_shrink_a_quantized_model_and_keep_its_io():
+    nodes = [helper.make_node("Relu", ["x"], ["model/block/relu_output"], name="model/relu"),
+             helper.make_node("Neg", ["model/block/relu_output"], ["y"], name="model/neg")]
+    proto = model(nodes, [tensor("x", [2])], [tensor("y", [2])])
+    out, log = rewrite("short_names", proto)
+    assert [n.name for n in out.graph.node] == ["", ""]
+    link = out.graph.node[0].output[0]
+    assert link == out.graph.node[1].input[0] and len(link) == 1
+    assert [v.name for v in out.graph.input] == ["x"]
+    assert [v.name for v in out.graph.output] == ["y"]
+    assert out.ByteSize() < proto.ByteSize() and log.changes[0]["names"] == 1
+    same_outputs(proto, out, {"x": np.array([-1.0, 2.0], np.float32)})

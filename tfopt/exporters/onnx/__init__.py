@@ -10,7 +10,7 @@ from tfopt.exporters.base import PRECISION, QUANTIZE_MODES, Exported, ExportOpti
 from tfopt.exporters.onnx.convert import default_opset, to_onnx
 from tfopt.exporters.onnx.convert import unsupported_ops as _tf2onnx_unsupported
 from tfopt.exporters.onnx.quantize import QUANTIZERS, quiet_logging
-from tfopt.exporters.onnx.rewrites import FINISH, POST_OPTIMIZE, run_rewrites
+from tfopt.exporters.onnx.rewrites import FINISH, POST_OPTIMIZE, QUANTIZED_FINISH, run_rewrites
 from tfopt.exporters.onnx.runtime import describe, runner
 from tfopt.model import Model
 
@@ -20,6 +20,7 @@ MODES = frozenset(QUANTIZE_MODES)
 # TF passes that make the frozen graph convertible; TF's CPU kernels may no longer run it
 PREPARE = ("inline_xla_calls", "erfc_to_erf")
 
+INTEGER = ("dynamic", "int8", "int16x8")  # modes whose names outweigh their weights
 RECURRENT = {"LSTM": "native ONNX LSTM (tf2onnx's LSTM rewriter)",
              "GRU": "native ONNX GRU (tfopt's GRU loop rewrite, verified by running both)",
              "RNN": "native ONNX RNN", "Loop": "generic Loop (no native op matched)",
@@ -53,6 +54,7 @@ def export(model: Model, path: Path, options: ExportOptions) -> Exported:
             raise ConversionError(f"onnxruntime cannot quantize to {options.quantize}: "
                                   f"{first_line(exc)}") from exc
         proto = onnx.load(str(path))
-    proto, named = run_rewrites(proto, FINISH)
+    proto, named = run_rewrites(proto, QUANTIZED_FINISH if options.quantize in INTEGER
+                                else FINISH)
     onnx.save(proto, str(path))
     return Exported(precision=precision, steps=steps + named, recurrent=recurrent)

@@ -8,6 +8,7 @@ from tfopt.exporters.onnx.rewrites import (  # noqa: F401  (each registers its r
     gru,
     hard_activations,
     maintained,
+    short_names,
 )
 from tfopt.exporters.onnx.rewrites.registry import (
     REWRITES,
@@ -22,5 +23,7 @@ from tfopt.exporters.onnx.rewrites.registry import (
 POST_OPTIMIZE = ("gru", "onnxoptimizer", "onnxslim", "gemm", "hard_activations")
 # after quantization too: short names, then the same bytes on every run
 FINISH = ("compact_names", "canonical_names")
+QUANTIZED_FINISH = ("canonical_names", "short_names")  # names cost more than int8 weights
 
-__all__ = ["FINISH", "POST_OPTIMIZE", "REWRITES", "OnnxRewrite", "register_rewrite", "run_rewrites"]
+__all__ = ["FINISH", "POST_OPTIMIZE", "QUANTIZED_FINISH", "REWRITES", "OnnxRewrite",
+           "register_rewrite", "run_rewrites"]

@@ -75,27 +75,27 @@ def canonical_order(graph: Any) -> list[int]:
     return order if len(order) == len(nodes) else list(range(len(nodes)))
 
 
-def _rename_graph(graph: Any, rename: dict[str, str]) -> None:
+def rename_graph(graph: Any, rename: dict[str, str]) -> None:
     for node in graph.node:
         node.name = rename.get(node.name, node.name)
         node.input[:] = [rename.get(n, n) for n in node.input]
         node.output[:] = [rename.get(n, n) for n in node.output]
         for attr in node.attribute:
             for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                _rename_graph(sub, rename)
+                rename_graph(sub, rename)
     for value in list(graph.initializer) + list(graph.value_info) + list(graph.input) \
             + list(graph.output):
         value.name = rename.get(value.name, value.name)
 
 
-def _names(graph: Any) -> list[str]:
+def all_names(graph: Any) -> list[str]:
     """Every node and tensor name in order of appearance, subgraphs included."""
     found = [i.name for i in graph.input] + [i.name for i in graph.initializer]
     for node in graph.node:
         found += [node.name, *node.input, *node.output]
         for attr in node.attribute:
             for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                found += _names(sub)
+                found += all_names(sub)
     return found
 
 
@@ -113,7 +113,7 @@ def canonical_names(proto: Any, log: PassLog) -> Any:
         graph.node.extend(copies)
     kept = {v.name for v in list(graph.input) + list(graph.output)}
     weights = {i.name for i in graph.initializer} - kept
-    names = list(dict.fromkeys(_names(graph)))
+    names = list(dict.fromkeys(all_names(graph)))
     fixed = {n for n in names if n in kept or (n not in weights and not GENERATED.search(n))}
     # the new base comes from the structure too: which name survives when two equal
     # constants merge differs from run to run
@@ -142,8 +142,8 @@ def canonical_names(proto: Any, log: PassLog) -> Any:
     if any(old != new for old, new in rename.items()):
         # two passes: a new name may be an old one of another tensor
         temporary = {old: f"\0{i}" for i, old in enumerate(rename)}
-        _rename_graph(graph, temporary)
-        _rename_graph(graph, {temporary[old]: new for old, new in rename.items()})
+        rename_graph(graph, temporary)
+        rename_graph(graph, {temporary[old]: new for old, new in rename.items()})
     for field in (graph.initializer, graph.value_info):
         ordered = sorted(field, key=lambda value: value.name)
         copies = [type(v)() for v in ordered]
