@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tfopt.report import human_size
+
 TEMPLATES = Path(__file__).parent / "templates"
 PALETTE = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
 BYTES_PER_PARAM = {"fp32": 4.0, "fp16": 2.0, "dynamic-int8": 1.0, "int8": 1.0, "int16x8": 1.0}
@@ -21,22 +23,12 @@ def _environment() -> Any:
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES),
                              autoescape=jinja2.select_autoescape(["html", "j2"]))
-    env.filters["size"] = _size
+    env.filters["size"] = human_size
     env.filters["sci"] = lambda v: "-" if v is None else (f"{v:.2e}" if isinstance(v, float)
                                                           else str(v))
     env.filters["shape"] = lambda s: "?" if s is None else \
         "[" + ",".join("?" if d is None else str(d) for d in s) + "]"
     return env
-
-
-def _size(n: Any) -> str:
-    if not isinstance(n, (int, float)):
-        return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return "-"
 
 
 def _svg(figure: Any) -> str:
@@ -108,15 +100,20 @@ def removed_chart(report: dict) -> str | None:
     return _svg(figure)
 
 
+def weights_at_precision(report: dict, artifact: dict) -> float:
+    """The physical minimum of an artifact: the frozen fp32 weights at its precision."""
+    return report["frozen"]["constant_bytes"] * \
+        BYTES_PER_PARAM.get(artifact["precision"], 4.0) / 4.0
+
+
 def size_chart(report: dict) -> str | None:
     """Artifact bytes against the physical minimum: the weights at the artifact's precision."""
-    weights = report["frozen"]["constant_bytes"]
     made = [a for a in report["artifacts"] if a.get("bytes")]
-    if not made or not weights:
+    if not made or not report["frozen"]["constant_bytes"]:
         return None
     figure, axes = _figure(0.45 * len(made) + 0.8)
     names = [f"{a['format']} ({a['precision']})" for a in made]
-    minimum = [weights * BYTES_PER_PARAM.get(a["precision"], 4.0) / 4.0 for a in made]
+    minimum = [weights_at_precision(report, a) for a in made]
     axes.barh(names, [a["bytes"] / 1024 for a in made], color=PALETTE[0], label="artifact")
     axes.scatter([m / 1024 for m in minimum], names, color=PALETTE[3], marker="|", s=400,
                  label="weights at that precision", zorder=3)
@@ -162,8 +159,9 @@ def render_report(report: dict) -> str:
               "removed": removed_chart(report), "sizes": size_chart(report),
               "resources": resource_chart(report)}
     return _environment().get_template("report.html.j2").render(
-        report=report, charts=charts, verdicts={a["format"]: verdict(a)
-                                                for a in report["artifacts"]})
+        report=report, charts=charts,
+        verdicts={a["format"]: verdict(a) for a in report["artifacts"]},
+        minimums={a["format"]: weights_at_precision(report, a) for a in report["artifacts"]})
 
 
 def write_report(out: Path, report: dict | None = None) -> Path:

@@ -136,10 +136,10 @@ class FreezeResult:
             f"tfopt {self.tfopt_version}: {src.path} ({src.format}, signature "
             f"'{src.signature}') -> {self.out_dir} in {self.seconds:.1f} s",
             f"  source  {src.nodes:>7} nodes  {src.variables} variables "
-            f"({_size(src.variable_bytes)}; optimizer state {src.optimizer_variables} "
-            f"variables, {_size(src.optimizer_variable_bytes)})",
+            f"({human_size(src.variable_bytes)}; optimizer state {src.optimizer_variables} "
+            f"variables, {human_size(src.optimizer_variable_bytes)})",
             f"  frozen  {self.frozen.nodes:>7} nodes  "
-            f"constants {_size(self.frozen.constant_bytes)}",
+            f"constants {human_size(self.frozen.constant_bytes)}",
             "  inputs  " + ", ".join(_spec(t) for t in self.inputs),
             "  outputs " + ", ".join(_spec(t) for t in self.outputs),
             "  removed " + (", ".join(f"{k} {v}" for k, v in self.removed.items() if v) or "none"),
@@ -156,7 +156,8 @@ class FreezeResult:
             err = f"{parity.max_abs_err:.2e}" if parity else "-"
             verdict = ("pass" if parity.passed else "FAIL") if parity else "-"
             note = a.error or (f"fallback {a.fallback}" if a.fallback else "")
-            lines.append(f"  {a.format:<12}{a.status:<8}{a.precision:<14}{_size(a.bytes):>10}"
+            lines.append(f"  {a.format:<12}{a.status:<8}{a.precision:<14}"
+                         f"{human_size(a.bytes):>10}"
                          f"{a.nodes if a.nodes is not None else '-':>7}{err:>13}"
                          f"{verdict:>8}  {note}")
         return "\n".join(lines)
@@ -168,8 +169,9 @@ def _spec(t: TensorSpec) -> str:
     return f"{t.name} {t.dtype}{shape}"
 
 
-def _size(n: float | None) -> str:
-    if n is None:
+def human_size(n: float | None) -> str:
+    """Bytes as B, KB, MB or GB; "-" for none."""
+    if not isinstance(n, (int, float)):
         return "-"
     for unit in ("B", "KB", "MB"):
         if n < 1024:

@@ -14,13 +14,13 @@ reads, and logs every change and every skip. Unlike the GTT, no match is skipped
 from __future__ import annotations
 
 import itertools
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from tfopt.graph import (
     bypass_nodes,
+    consumers,
     copy_graph,
     is_control,
     keep_nodes,
@@ -123,14 +123,7 @@ class GraphView:
     def __init__(self, graph_def: Any):
         self.graph_def = graph_def
         self.nodes = {n.name: n for n in graph_def.node}
-        self.readers: dict[str, list] = defaultdict(list)
-        for node in graph_def.node:
-            for ref in node.input:
-                self.readers[node_name(ref)].append(node)
-
-    def data_readers(self, name: str) -> list:
-        return [r for r in self.readers.get(name, ()) if any(
-            not is_control(ref) and node_name(ref) == name for ref in r.input)]
+        self.readers = consumers(graph_def)
 
     def put(self, node: Any) -> None:
         """Add a node, or overwrite the node of its name; `node` is the callback's own
@@ -142,18 +135,17 @@ class GraphView:
         if old is None:
             old = self.graph_def.node.add()
         else:
-            for ref in old.input:
-                self.readers[node_name(ref)] = [r for r in self.readers[node_name(ref)]
-                                                if r is not old]
+            self._forget_reads(old)
         old.CopyFrom(node)
         self.nodes[old.name] = old
         for ref in old.input:
             self.readers[node_name(ref)].append(old)
 
-
     def drop(self, name: str) -> None:
         """Forget a node that nothing reads any more (pruning removes it from the graph)."""
-        old = self.nodes.pop(name)
+        self._forget_reads(self.nodes.pop(name))
+
+    def _forget_reads(self, old: Any) -> None:
         for ref in old.input:
             self.readers[node_name(ref)] = [r for r in self.readers[node_name(ref)]
                                             if r is not old]

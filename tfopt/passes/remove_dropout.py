@@ -14,7 +14,6 @@ from tfopt.graph import const_value, node_name, reachable
 from tfopt.passes.base import PassContext, PassLog, register
 from tfopt.passes.pattern import (
     ANY,
-    GraphView,
     OpTypePattern,
     Replacement,
     Skip,
@@ -37,7 +36,7 @@ PATTERNS = (variants("SelectV2|Select", _KEEP, _SCALED, [OpTypePattern("Const", 
             + variants("Mul", _SCALED, _KEEP, name="dropout"))
 
 
-def _identity(found: dict, view: GraphView, ctx: PassContext) -> Replacement | Skip:
+def _identity(found: dict, ctx: PassContext) -> Replacement | Skip:
     dropout, x, scale = found["dropout"], found["x"], found["scale"]
     if dropout.name in ctx.protected:
         return Skip(f"{dropout.name} is a signature output")
@@ -55,6 +54,6 @@ def _identity(found: dict, view: GraphView, ctx: PassContext) -> Replacement | S
 
 @register("remove_dropout")
 def remove_dropout(graph_def, ctx: PassContext, log: PassLog):
-    return replace_matching(graph_def, PATTERNS, lambda found, view: _identity(found, view, ctx),
+    return replace_matching(graph_def, PATTERNS, lambda found, _: _identity(found, ctx),
                             log, keep=ctx.inputs + ctx.outputs, action="identity", removed=None,
                             within=reachable(graph_def, ctx.outputs))  # gradients mask too
