@@ -31,6 +31,8 @@ COVERED = {
     "remove_dropout": ["test_pass_logs.py::test_remove_dropout_skips_a_masked_constant"],
     "inline_xla_calls": ["test_pass_logs.py::test_inline_xla_calls_inlines_a_jit_function"],
     "erfc_to_erf": ["test_pass_logs.py::test_erfc_becomes_one_minus_erf"],
+    "dynamic_tensor_lists": [
+        "test_pass_logs.py::test_dynamic_tensor_lists_take_the_batch_from_the_input"],
 }
 
 
@@ -110,3 +112,34 @@ def test_erfc_becomes_one_minus_erf():
     assert "Erfc" not in {n.op for n in out.node} and len(log.changes) == 1
     np.testing.assert_allclose(run_graph(out, {"x:0": X}, "y:0"),
                                run_graph(build(graph), {"x:0": X}, "y:0"), atol=1e-6)
+
+
+def test_dynamic_tensor_lists_take_the_batch_from_the_input():
+    def graph():  # two per-row lists, as a Keras RNN builds them; one cannot be given a batch
+        x = tf.compat.v1.placeholder(tf.float32, [None, 3], name="x")
+        rows = tf.raw_ops.TensorListReserve(element_shape=[-1, 3], num_elements=2,
+                                            element_dtype=tf.float32, name="rows")
+        ragged = tf.raw_ops.TensorListReserve(element_shape=[-1, -1], num_elements=1,
+                                              element_dtype=tf.float32, name="ragged")
+        rows = tf.raw_ops.TensorListSetItem(input_handle=rows, index=0, item=x)
+        rows = tf.raw_ops.TensorListSetItem(input_handle=rows, index=1, item=x * 2.0)
+        ragged = tf.raw_ops.TensorListSetItem(input_handle=ragged, index=0, item=x)
+        stacked = tf.raw_ops.TensorListStack(input_handle=rows, element_shape=[-1, 3],
+                                             element_dtype=tf.float32)
+        tf.identity(tf.reduce_sum(stacked, 0) + tf.raw_ops.TensorListStack(
+            input_handle=ragged, element_shape=[-1, -1], element_dtype=tf.float32)[0], name="y")
+
+    graph_def = build(graph)
+    out, log = run_pass("dynamic_tensor_lists", graph_def)
+    assert [c["node"] for c in log.changes] == ["rows"]
+    assert log.changes[0]["element_shape"] == [-1, 3] and log.changes[0]["batch_from"] == "x"
+    assert log.skipped == [{"node": "ragged", "reason": "element shape [-1, -1] has unknown "
+                                                        "dimensions beyond the batch"}]
+    rows = next(n for n in out.node if n.name == "rows")
+    assert next(n for n in out.node if n.name == rows.input[0]).op == "ConcatV2"
+    for batch in (1, 4):
+        feed = {"x:0": np.arange(batch * 3, dtype=np.float32).reshape(batch, 3)}
+        np.testing.assert_allclose(run_graph(out, feed, "y:0"), feed["x:0"] * 4)
+    _, log = run_pass("dynamic_tensor_lists", graph_def, inputs=())
+    assert {s["reason"] for s in log.skipped} >= {
+        "no input has an unknown batch dimension to take it from"}

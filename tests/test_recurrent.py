@@ -69,5 +69,9 @@ def test_recurrent_model_converts_to_builtins_and_native_ops(kind, tmp_path):
         x = rng.standard_normal((2, steps, 5)).astype(np.float32)
         expected = model(x, training=False).numpy()
         np.testing.assert_allclose(session.run(None, {"seq": x})[0], expected, atol=1e-5)
-        got = next(iter(runner(seq=x[:1]).values()))  # the TFLite artifact takes batch 1
-        np.testing.assert_allclose(got, expected[:1], atol=1e-5)
+    # the TFLite artifact takes any batch (tensor lists sized at run time), batch 1 and 4
+    assert tflite.fallback is None and tflite.batch == {"verified": [1, 3]}, tflite.batch
+    for batch in (1, 4):
+        x = rng.standard_normal((batch, 7, 5)).astype(np.float32)
+        got = next(iter(runner(seq=x).values()))
+        np.testing.assert_allclose(got, model(x, training=False).numpy(), atol=1e-5)

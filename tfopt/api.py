@@ -21,7 +21,7 @@ from tfopt.errors import InputError, UsageError, first_line
 from tfopt.exporters import EXPORTERS, ExportOptions, prepare
 from tfopt.graph import constant_bytes, non_finite_constants, op_histogram
 from tfopt.inputs import draw, input_domains
-from tfopt.loaders import detect_format, load
+from tfopt.loaders import Loaded, detect_format, load
 from tfopt.model import Model
 from tfopt.options import FreezeOptions
 from tfopt.output import check_output, make_staging, publish, writes_to
@@ -124,11 +124,14 @@ def _run(src: Path, out: Path, staging: Path, opts: FreezeOptions, start: float,
                              f"{first_line(exc)}; check --input-shape or --data") from exc
         _check_finite(model, expected)
         floor = noise_floor(loaded.reference, feeds, expected)
-    timings["reference"] = round(time.perf_counter() - mark, 2)  # noise floor included
+        batched = _batched(model, feeds) if labels is None else None
+        batched_expected = None if batched is None else _batch_reference(loaded, batched)
+    timings["reference"] = round(time.perf_counter() - mark, 2)  # noise floor, batch included
     check = Check(feeds, expected, opts.atol, opts.rtol, labels,
                   top1_accuracy(expected, labels) if labels is not None else None,
-                  _budgets(opts.max_drop, opts.min_cosine, opts.min_agreement), floor)
-    verification = _verification(drawn, floor, expected, opts)
+                  _budgets(opts.max_drop, opts.min_cosine, opts.min_agreement), floor,
+                  batched if batched_expected is not None else None, batched_expected)
+    verification = _verification(drawn, floor, expected, opts, check.batch_size)
 
     removed = Counter(dict.fromkeys(CATEGORIES, 0))
     removed.update(loaded.removed)
@@ -179,11 +182,35 @@ def _check_finite(model: Model, expected: list[dict]) -> None:
                              "pass in-domain inputs with --data")
 
 
+BATCH = 4  # samples stacked into the one batch every dynamic-batch artifact is checked on
+
+
+def _batched(model: Model, feeds: list[dict]) -> dict | None:
+    """The first samples as one batch, when every input's batch is dynamic and each feed
+    holds one sample."""
+    if len(feeds) < 2 or not all(t.shape and t.shape[0] is None for t in model.inputs):
+        return None
+    if any(np.asarray(v).shape[:1] != (1,) for feed in feeds for v in feed.values()):
+        return None
+    chosen = feeds[:BATCH]
+    return {k: np.concatenate([feed[k] for feed in chosen]) for k in chosen[0]}
+
+
+def _batch_reference(loaded: Loaded, batched: dict) -> dict | None:
+    """The original's outputs on the batch; None (no batch check) if it refuses it."""
+    try:
+        return loaded.reference(batched)
+    except Exception as exc:  # TF raises many types for a feed the model rejects
+        warnings.warn(f"the original model does not run a batch of {BATCH}: "
+                      f"{first_line(exc)}; artifacts are verified at batch 1 only", stacklevel=3)
+        return None
+
+
 CHAOTIC = 1e-3  # noise floor over output scale beyond which inputs look out of domain
 
 
 def _verification(drawn: dict | None, floor: dict[str, float], expected: list[dict],
-                  opts: FreezeOptions) -> dict:
+                  opts: FreezeOptions, batch: int | None) -> dict:
     """What the artifacts were checked on and against, for the report."""
     source = "--eval" if opts.eval_data is not None else "--data" if opts.data is not None \
         else "calibration samples" if drawn is None else "drawn by tfopt"
@@ -197,7 +224,7 @@ def _verification(drawn: dict | None, floor: dict[str, float], expected: list[di
                          "probably outside the model's domain; pass representative --data")
     for note in notes:
         warnings.warn(note, stacklevel=3)
-    return {"inputs": source, "drawn": drawn, "samples": len(expected),
+    return {"inputs": source, "drawn": drawn, "samples": len(expected), "batch": batch,
             "rule": "elementwise" if opts.atol is not None or opts.rtol is not None
             else "scale", "noise_floor": floor, "notes": notes}
 

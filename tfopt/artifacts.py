@@ -60,7 +60,22 @@ def build_and_check(fmt: str, model: Model, path: Path, options: ExportOptions,
         report.status, report.path, report.bytes, report.nodes, report.ops = \
             "failed", None, None, None, {}
         return report
-    report.parity = check.verdict(actual, report.precision)
+    report.batch = {"verified": sorted({len(next(iter(f.values()), [0])) for f in check.feeds})}
+    batched = None
+    if check.batched is not None and exported.batch_limit is None:
+        try:
+            batched = run(check.batched)
+        except Exception as exc:  # the runtime refused the batch: a failed target
+            remove(path)
+            report.status, report.path, report.bytes, report.nodes, report.ops = \
+                "failed", None, None, None, {}
+            report.error = (f"{fmt} runtime cannot run the artifact at batch "
+                            f"{check.batch_size}: {first_line(exc)}")
+            return report
+        report.batch["verified"].append(check.batch_size)
+    elif check.batched is not None:
+        report.batch["limit"] = exported.batch_limit
+    report.parity = check.verdict(actual, report.precision, batched)
     return report
 
 

@@ -62,6 +62,8 @@ class ArtifactReport:
     auto: dict | None = None  # --quantize auto: every candidate tried, and the choice
     recurrent: list[dict] = field(default_factory=list)  # how each recurrent layer converted
     sha256: str | None = None  # of the file, or of a directory's files and their names
+    # the batch sizes verified ({"verified": [1, 4]}), and why only 1 ("limit") if so
+    batch: dict | None = None
 
     def to_dict(self) -> dict:
         out = dict(self.__dict__)

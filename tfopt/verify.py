@@ -267,8 +267,22 @@ class Check:
     reference_accuracy: float | None = None
     budgets: dict[str, Budget] = field(default_factory=lambda: dict(BUDGETS))
     noise: dict[str, float] = field(default_factory=dict)  # the original's noise floor
+    # the first samples stacked into one batch, and the original's outputs on it: every
+    # artifact whose batch is dynamic is checked at that batch size too
+    batched: dict | None = None
+    batched_expected: dict | None = None
 
-    def verdict(self, actual: list[dict], precision: str) -> Parity:
+    @property
+    def batch_size(self) -> int | None:
+        return None if self.batched is None else len(next(iter(self.batched.values())))
+
+    def verdict(self, actual: list[dict], precision: str,
+                batched_actual: dict | None = None) -> Parity:
         budget = None if precision == "fp32" else self.budgets[precision]
-        return compare(self.expected, actual, self.atol, self.rtol, budget, self.labels,
-                       self.reference_accuracy, self.noise)
+        expected = self.expected
+        if batched_actual is not None and self.batched_expected is not None:
+            expected, actual = expected + [self.batched_expected], actual + [batched_actual]
+        parity = compare(expected, actual, self.atol, self.rtol, budget, self.labels,
+                         self.reference_accuracy, self.noise)
+        parity.samples = len(self.expected)
+        return parity

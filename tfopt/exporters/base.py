@@ -37,6 +37,7 @@ class Exported:
     attempts: list[dict] = field(default_factory=list)  # every try, with its error
     steps: list[dict] = field(default_factory=list)  # post-optimizations, nodes after each
     recurrent: list[dict] = field(default_factory=list)  # per recurrent layer: how converted
+    batch_limit: str | None = None  # why the artifact takes batch 1 only; None: any batch
 
 
 class Exporter(Protocol):

@@ -35,11 +35,11 @@ def _batch_one(model: Model) -> Model | None:
 
 
 MODES = frozenset(QUANTIZE_MODES)
-PREPARE: tuple[str, ...] = ()
+PREPARE = ("dynamic_tensor_lists",)
 
 
 RECURRENT = {
-    "none": "builtin WHILE, tensor lists lowered by the converter",
+    "none": "builtin WHILE, tensor lists lowered by the converter (any batch)",
     "batch_1": "builtin WHILE, tensor lists lowered with static element shapes (batch fixed "
                "to 1)",
     "select_tf_ops": "Select TF ops (Flex): needs the TF ops runtime"}
@@ -163,6 +163,9 @@ def export(model: Model, path: Path, options: ExportOptions) -> Exported:
                 continue
             result.attempts.append({"fallback": fallback, "error": None})
             result.fallback = None if fallback == "none" else fallback
+            if fallback == "batch_1":
+                result.batch_limit = ("the converter lowered the tensor lists only with the "
+                                      "batch fixed to 1")
             path.write_bytes(flatbuffer)
             result.recurrent = [{"layer": name, "conversion": RECURRENT[fallback]}
                                 for name in recurrent_layers(model)]

@@ -1,6 +1,7 @@
 """Graph passes, registered by name; a pipeline is a list of names."""
 from tfopt.passes import (  # noqa: F401 (registers them)
                           dedupe,
+                          dynamic_tensor_lists,
                           erfc_to_erf,
                           fold_control_flow,
                           fold_pad,
