@@ -220,3 +220,48 @@ def test_short_names_shrink_a_quantized_model_and_keep_its_io():
     assert [v.name for v in out.graph.output] == ["y"]
     assert out.ByteSize() < proto.ByteSize() and log.changes[0]["names"] == 1
     same_outputs(proto, out, {"x": np.array([-1.0, 2.0], np.float32)})
+
+
+def recurrent(zero_value: float):
+    """A GRU whose initial state is Keras' zeros([batch, units]) as tf2onnx writes it, and an
+    LSTM whose initial states are a constant (zero or not)."""
+    hidden, features = 3, 2
+    weights = {"W": RNG.standard_normal((1, 3 * hidden, features)).astype(np.float32),
+               "R": RNG.standard_normal((1, 3 * hidden, hidden)).astype(np.float32),
+               "LW": RNG.standard_normal((1, 4 * hidden, features)).astype(np.float32),
+               "LR": RNG.standard_normal((1, 4 * hidden, hidden)).astype(np.float32),
+               "zero": np.zeros((), np.float32), "units": np.array([hidden], np.int64),
+               "begin": np.array([1], np.int64), "end": np.array([2], np.int64),
+               "axis": np.array([0], np.int64),
+               "state": np.full((1, 1, hidden), zero_value, np.float32)}
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node("Slice", ["shape", "begin", "end"], ["batch"]),
+             helper.make_node("Concat", ["batch", "units"], ["zeros_shape"], axis=0),
+             helper.make_node("Expand", ["zero", "zeros_shape"], ["zeros"]),
+             helper.make_node("Unsqueeze", ["zeros", "axis"], ["h0"]),
+             helper.make_node("GRU", ["x", "W", "R", "", "", "h0"], ["y", "y_h"],
+                              hidden_size=hidden, name="gru"),
+             helper.make_node("LSTM", ["x", "LW", "LR", "", "", "state", "state"],
+                              ["ly", "ly_h"], hidden_size=hidden, name="lstm")]
+    return model(nodes, [tensor("x", [5, 1, features])],
+                 [tensor("y_h", [1, 1, hidden]), tensor("ly_h", [1, 1, hidden])], weights)
+
+
+def test_zero_initial_states_are_omitted_with_their_shape_computation():
+    proto = recurrent(0.0)
+    out, log = rewrite("zero_initial_states", proto)
+    ops = [n.op_type for n in out.graph.node]
+    assert ops == ["GRU", "LSTM"], ops  # Shape, Slice, Concat, Expand, Unsqueeze went
+    assert list(out.graph.node[0].input) == ["x", "W", "R"]
+    assert list(out.graph.node[1].input) == ["x", "LW", "LR"]
+    assert {(c.get("node"), c.get("input"), c.get("pattern")) for c in log.changes} >= {
+        ("gru", "initial_h", "Unsqueeze(Expand(0))"), ("lstm", "initial_c", "0")}
+    assert {i.name for i in out.graph.initializer} == {"W", "R", "LW", "LR"}
+    same_outputs(proto, out, {"x": RNG.standard_normal((5, 1, 2)).astype(np.float32)})
+
+
+def test_zero_initial_states_keep_a_state_that_is_not_zero():
+    out, log = rewrite("zero_initial_states", recurrent(0.5))
+    lstm = next(n for n in out.graph.node if n.op_type == "LSTM")
+    assert list(lstm.input)[5:] == ["state", "state"]
+    assert {"node": "lstm", "reason": "initial_h is not known to be zero"} in log.skipped

@@ -128,3 +128,35 @@ def test_an_encoder_with_a_two_row_segment_table_converts_with_default_flags(
     assert [t.name for t in result.inputs] == ["padding_mask", "segment_ids", "token_ids"]
     assert result.exit_code == 0, [(a.format, a.error or a.parity.reason)
                                    for a in result.artifacts]
+
+
+def test_a_deep_image_net_with_large_logits_converts_with_default_flags(tmp_path):
+    """EfficientNetB0 with random weights and batch norm calibrated on 0-255 images: logits
+    near 70, float reordering moves them by ~1e-3, and on standard-normal noise the original
+    itself is erratic. Default flags must pass it, on pixels, by the scale-aware rule."""
+    import keras
+
+    import tfopt
+
+    keras.utils.set_random_seed(0)
+    model = keras.applications.EfficientNetB0(weights=None, input_shape=(32, 32, 3),
+                                              classes=10, classifier_activation=None)
+    for layer in model.layers:  # one training-mode call sets the moving statistics
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.0
+    rng = np.random.default_rng(0)
+    model(rng.uniform(0, 255, (8, 32, 32, 3)).astype(np.float32), training=True)
+    noise = rng.standard_normal((1, 32, 32, 3)).astype(np.float32)
+    moved = np.abs(model(np.nextafter(noise, np.inf)).numpy() - model(noise).numpy()).max()
+    assert moved > 1e-2  # one ulp of noise moves the original's outputs far past 1e-4
+    model.save(tmp_path / "effnet.keras")
+
+    result = tfopt.freeze(tmp_path / "effnet.keras", tmp_path / "out")
+    assert result.exit_code == 0, [(a.format, a.error or a.parity.reason)
+                                   for a in result.artifacts]
+    assert "uniform 0..255" in result.verification["drawn"]["input_layer"]["drawn"]
+    assert result.verification["rule"] == "scale" and result.verification["batch"] == 3
+    for artifact in result.artifacts:
+        out = artifact.parity.outputs["predictions"]
+        assert out["scale"] > 30 and out["max_abs_err"] <= out["tolerance"], out
+        assert artifact.batch == {"verified": [1, 3]}

@@ -65,11 +65,31 @@ class OnnxGraph:
         nodes = [replaced.get(id(n), n) for n in self.graph.node if id(n) not in dropped]
         del self.graph.node[:]
         self.graph.node.extend(nodes)
+        self.drop_unused_initializers()
+
+    def drop_unused_initializers(self) -> None:
         used = {i for n in self.graph.node for i in n.input}
         kept = [i for i in self.graph.initializer if i.name in used]
         if len(kept) != len(self.graph.initializer):
             del self.graph.initializer[:]
             self.graph.initializer.extend(kept)
+
+    def remove_unread_nodes(self) -> int:
+        """Drop the nodes none of whose outputs is read (here or inside a subgraph) or a
+        graph output, until none is left, and the initializers they read; returns how many
+        nodes went. The lookups are stale afterwards."""
+        removed = 0
+        while True:
+            read = {i for n in self.graph.node for i in n.input} | self.outputs
+            read |= {i for n in self.graph.node for i in _subgraph_reads(n)}
+            dead = [n for n in self.graph.node if not any(o in read for o in n.output if o)]
+            if not dead:
+                break
+            for node in dead:
+                self.graph.node.remove(node)
+            removed += len(dead)
+        self.drop_unused_initializers()
+        return removed
 
 
 def _subgraph_reads(node: Any) -> set[str]:

@@ -9,6 +9,7 @@ from tfopt.exporters.onnx.rewrites import (  # noqa: F401  (each registers its r
     hard_activations,
     maintained,
     short_names,
+    zero_initial_states,
 )
 from tfopt.exporters.onnx.rewrites.registry import (
     REWRITES,
@@ -20,7 +21,8 @@ from tfopt.exporters.onnx.rewrites.registry import (
 # measured on MobileNetV2/ResNet50/EfficientNetB0 (tf2onnx -> nodes): onnxoptimizer folds
 # every Pad into its Conv (107->103, 126->125, 297->293), onnxslim misses ResNet50's but
 # folds EfficientNet's squeeze-excite Reshapes (297->275); in this order both gains add up
-POST_OPTIMIZE = ("gru", "onnxoptimizer", "onnxslim", "gemm", "hard_activations")
+POST_OPTIMIZE = ("gru", "zero_initial_states", "onnxoptimizer", "onnxslim", "gemm",
+                 "hard_activations")
 # after quantization too: short names, then the same bytes on every run
 FINISH = ("compact_names", "canonical_names")
 QUANTIZED_FINISH = ("canonical_names", "short_names")  # names cost more than int8 weights
