@@ -1,4 +1,5 @@
-"""Inference-only SavedModel (`saved_model/`): the frozen graph, no variables, same signature."""
+"""Inference-only SavedModel (`saved_model/`): the frozen graph, its large float constants as
+variables (no optimizer state, no training ops), the same signature."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -138,7 +138,8 @@ def blocking_ops(message: str) -> list[str]:
 
 def export(model: Model, path: Path, options: ExportOptions) -> Exported:
     result = Exported(precision=PRECISION[options.quantize])
-    # through a variable-free SavedModel: from_concrete_functions drops the signature's name
+    # through a SavedModel whose weights are variables: from_concrete_functions drops the
+    # signature's name, and the converter freezes variables in less memory than constants
     with tempfile.TemporaryDirectory(prefix="tfopt-tflite-") as workdir:
         saved = {}
         for fallback in ATTEMPTS:
