@@ -23,7 +23,7 @@ from tfopt.graph import constant_bytes, non_finite_constants, op_histogram
 from tfopt.inputs import draw, input_domains
 from tfopt.loaders import Loaded, detect_format, load
 from tfopt.model import Model
-from tfopt.options import FreezeOptions
+from tfopt.options import TARGETS, FreezeOptions
 from tfopt.output import check_output, make_staging, publish, writes_to
 from tfopt.pages import write_report
 from tfopt.passes import run_pipeline
@@ -147,12 +147,12 @@ def _run(src: Path, out: Path, staging: Path, opts: FreezeOptions, start: float,
                 prepared, prepared_reports = prepare(fmt, model)
                 reports += prepared_reports
                 artifacts.append(_export(fmt, prepared, staging, out, export, check,
-                                         opts.objective))
+                                         opts.objective, opts.targets != TARGETS))
         result = FreezeResult(
             tfopt_version=__version__, seconds=0.0, out_dir=str(out), source=loaded.source,
             inputs=model.inputs, outputs=model.outputs, removed=dict(removed), passes=reports,
             frozen=GraphSummary(len(model.graph_def.node), op_histogram(model.graph_def),
-                                constant_bytes(model.graph_def)),
+                                constant_bytes(model.graph_def), model.weight_bytes),
             artifacts=artifacts, timings=timings,
             reference_accuracy=check.reference_accuracy,
             security=security_report(found, opts.allow_io_ops), verification=verification,
@@ -168,6 +168,8 @@ def _check_finite(model: Model, expected: list[dict]) -> None:
     """Non-finite weights or reference outputs make every comparison meaningless: name
     them instead of reporting a tolerance failure."""
     bad = non_finite_constants(model.graph_def)
+    bad += [(name, int(v.size - np.isfinite(v).sum())) for name, v in model.weights.items()
+            if v.dtype.kind == "f" and not np.isfinite(v).all()]
     if bad:
         shown = ", ".join(f"{name} ({count})" for name, count in bad[:3])
         raise InputError(f"the model's weights hold NaN or Inf values: {shown}"
@@ -252,7 +254,7 @@ def _fix_input_shapes(model: Model, shapes: dict[str, tuple[int, ...]]) -> Model
 
 
 def _export(fmt: str, model: Model, staging: Path, out: Path, options: ExportOptions,
-            check: Check, objective: str) -> ArtifactReport:
+            check: Check, objective: str, explicit: bool) -> ArtifactReport:
     exporter = EXPORTERS[fmt]
     if options.quantize == "auto" and {"none"} != exporter.MODES:
         report = choose_precision(fmt, model, staging / exporter.FILENAME, options, check,
@@ -262,7 +264,8 @@ def _export(fmt: str, model: Model, staging: Path, out: Path, options: ExportOpt
         if options.quantize not in exporter.MODES:
             note = f"stays fp32: --quantize {options.quantize} applies to tflite and onnx"
             options = replace(options, quantize="none")
-        report = build_and_check(fmt, model, staging / exporter.FILENAME, options, check)
+        report = build_and_check(fmt, model, staging / exporter.FILENAME, options, check,
+                                 explicit)
         report.note = note
     if report.status == "ok":
         report.path = str(out / exporter.FILENAME)

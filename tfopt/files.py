@@ -6,9 +6,16 @@ from collections.abc import Iterable
 from pathlib import Path
 
 
+def sidecar(path: Path) -> Path:
+    """Where a file artifact keeps its external data (ONNX weights past the threshold)."""
+    return path.with_name(path.name + ".data")
+
+
 def tree_files(path: Path) -> list[Path]:
-    """Every file under a directory, sorted; a file is its own list."""
-    return sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    """Every file under a directory, sorted; a file is its own list, with its sidecar."""
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file())
+    return [path] + ([sidecar(path)] if sidecar(path).is_file() else [])
 
 
 def path_bytes(path: Path) -> int:

@@ -5,7 +5,7 @@ Everything here is linear in the graph size; passes build on it.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 
 def node_name(ref: str) -> str:
@@ -50,6 +50,7 @@ FORWARDING_OPS = frozenset({"Identity", "RefIdentity", "Snapshot", "StopGradient
                             "PreventGradient"})
 
 
+FLOAT_TYPES = frozenset({1, 2, 14, 19})  # DataType enums: float32, float64, bfloat16, float16
 NORM_OPS = frozenset({"FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3"})
 
 
@@ -228,7 +229,7 @@ def non_finite_constants(graph_def) -> list[tuple[str, int]]:
 
     found = []
     for node in graph_def.node:
-        if node.op == "Const" and node.attr["dtype"].type in (1, 2, 14, 19):  # f32 f64 bf16 f16
+        if node.op == "Const" and node.attr["dtype"].type in FLOAT_TYPES:
             value = const_value(node)
             count = int(value.size - np.isfinite(value).sum())
             if count:
@@ -260,3 +261,40 @@ def rename_functions(graph_def, suffix: str):
     for grad in out.library.gradient:
         grad.function_name = names.get(grad.function_name, grad.function_name)
     return out
+
+
+def without_large_constants(graph_def, min_elements: int,
+                            chosen: Callable[[str], bool] = lambda name: True) -> tuple:
+    """A copy of the graph in which each float Const of at least min_elements (that chosen
+    accepts) is a Placeholder of the same dtype and shape, and those Const nodes by name:
+    for TF work that needs shapes, not weights (Grappler, shape inference), without
+    copying the weights."""
+    import math
+
+    out = type(graph_def)()
+    out.versions.CopyFrom(graph_def.versions)
+    out.library.CopyFrom(graph_def.library)
+    found = {}
+    for node in graph_def.node:
+        tensor = node.attr["value"].tensor if node.op == "Const" else None
+        if tensor is not None and tensor.dtype in FLOAT_TYPES and \
+                math.prod(d.size for d in tensor.tensor_shape.dim) >= min_elements and \
+                chosen(node.name):
+            found[node.name] = node
+            placeholder = out.node.add(name=node.name, op="Placeholder", device=node.device)
+            placeholder.attr["dtype"].type = tensor.dtype
+            placeholder.attr["shape"].shape.CopyFrom(tensor.tensor_shape)
+        else:
+            out.node.add().CopyFrom(node)
+    return out, found
+
+
+def inline_constants(graph_def, values: dict) -> None:
+    """Turn the named Placeholders into Consts holding the values, in place."""
+    for node in graph_def.node:
+        if node.name in values:
+            dtype = node.attr["dtype"].type
+            node.op = "Const"
+            node.attr.clear()
+            node.attr["dtype"].type = dtype
+            set_const_value(node, values[node.name])

@@ -53,14 +53,31 @@ class Model:
     """A frozen GraphDef plus its signature.
 
     Inputs are Placeholder nodes and outputs are nodes named exactly as the
-    signature's keys, so every exporter can keep the user's names.
+    signature's keys, so every exporter can keep the user's names. External weights
+    (loaders/weights.py) are Placeholder nodes too, with their values in `weights`.
     """
 
     graph_def: Any  # tf.compat.v1.GraphDef
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     signature: str = "serving_default"
-    meta: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)  # "variables": the live tf.Variable of a weight
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(v.nbytes for v in self.weights.values())
+
+    def inlined_graph(self) -> Any:
+        """The GraphDef with the external weights as constants (it must fit protobuf's
+        2 GB); the graph itself when there are none."""
+        from tfopt.graph import inline_constants
+
+        if not self.weights:
+            return self.graph_def
+        graph_def = copy_graph(self.graph_def)
+        inline_constants(graph_def, self.weights)
+        return graph_def
 
     def with_graph(self, graph_def) -> Model:
         return replace(self, graph_def=graph_def)
@@ -75,7 +92,7 @@ class Model:
                     node.attr["shape"].shape.dim.add(size=d)
         inputs = [TensorSpec(t.name, t.dtype, tuple(shapes[t.name])) if t.name in shapes else t
                   for t in self.inputs]
-        return Model(graph_def, inputs, self.outputs, self.signature, self.meta)
+        return Model(graph_def, inputs, self.outputs, self.signature, self.meta, self.weights)
 
 
 def random_feeds(inputs: list[TensorSpec], shapes: dict[str, tuple[int, ...]],

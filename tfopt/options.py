@@ -18,6 +18,7 @@ from tfopt.data import check_source
 from tfopt.errors import UsageError
 from tfopt.exporters import EXPORTERS
 from tfopt.exporters.base import CALIBRATED, QUANTIZE_MODES
+from tfopt.loaders.weights import LARGE_WEIGHT_BYTES
 from tfopt.passes import DEFAULT_PIPELINE, REGISTRY
 
 if TYPE_CHECKING:  # the loaders import TensorFlow's types lazily; options stay light
@@ -158,6 +159,11 @@ class FreezeOptions:
         "run a model whose serving graph reads or writes files, starts processes, talks to "
         "the network or calls back into Python (verification runs the original model)",
         SOURCE, parse=bool_arg))
+    large_weight_bytes: int = _opt(LARGE_WEIGHT_BYTES, Flag(
+        "variables of at least this many bytes stay out of the frozen graph: variables of the "
+        "SavedModel (and of the TFLite converter's input), external data beside model.onnx; "
+        "model.pb inlines them while it fits protobuf's 2 GB (default 256 MiB)", SOURCE,
+        parse=int, metavar="BYTES"))
     passes: tuple[str, ...] = _opt(DEFAULT_PIPELINE, Flag(
         "comma-separated TF pass pipeline", OUTPUT, parse=comma_list))
 
@@ -197,6 +203,9 @@ class FreezeOptions:
         if not isinstance(self.samples, int) or isinstance(self.samples, bool) \
                 or self.samples < 1:
             raise UsageError(f"--samples {self.samples}: verification needs at least 1 sample")
+        if not isinstance(self.large_weight_bytes, int) or self.large_weight_bytes < 1:
+            raise UsageError(f"--large-weight-bytes {self.large_weight_bytes}: give a positive "
+                             "number of bytes")
         for name, low, high in (("atol", 0, None), ("rtol", 0, None), ("max_drop", 0, 1),
                                 ("min_cosine", -1, 1), ("min_agreement", 0, 1),
                                 ("mean", None, None), ("scale", None, None)):
@@ -222,7 +231,8 @@ class FreezeOptions:
                            inputs=list(self.inputs) if self.inputs else None,
                            outputs=list(self.outputs) if self.outputs else None,
                            freeze=dict(self.freeze_placeholders),
-                           unsafe_keras=self.unsafe_keras)
+                           unsafe_keras=self.unsafe_keras,
+                           large_weight_bytes=self.large_weight_bytes)
 
 
 def parse_options(values: Mapping[str, Any], where: str) -> dict[str, Any]:

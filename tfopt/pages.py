@@ -143,6 +143,8 @@ def resource_chart(report: dict) -> str | None:
 
 def verdict(artifact: dict) -> tuple[str, str]:
     """(ok | failed | parity, one sentence) for a target's banner."""
+    if artifact["status"] == "skipped":
+        return "skipped", artifact.get("error") or "the target cannot hold this model"
     if artifact["status"] != "ok":
         return "failed", artifact.get("error") or "the target failed to convert"
     parity = artifact.get("parity") or {}

@@ -35,6 +35,7 @@ class GraphSummary:
     nodes: int
     ops: dict[str, int]
     constant_bytes: int
+    external_weight_bytes: int = 0  # variables kept out of the graph (--large-weight-bytes)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -43,7 +44,7 @@ class GraphSummary:
 @dataclass
 class ArtifactReport:
     format: str
-    status: str  # "ok" or "failed"
+    status: str  # "ok", "failed", or "skipped" (a default target that cannot hold the model)
     path: str | None = None
     precision: str = "fp32"
     bytes: int | None = None
@@ -99,7 +100,7 @@ class FreezeResult:
 
     @property
     def failed_targets(self) -> list[str]:
-        return [a.format for a in self.artifacts if a.status != "ok"]
+        return [a.format for a in self.artifacts if a.status == "failed"]
 
     @property
     def parity_failures(self) -> list[str]:

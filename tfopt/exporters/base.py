@@ -8,8 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
-
 from tfopt.graph import rename_functions
 from tfopt.model import Model
 
@@ -60,55 +58,41 @@ class Exporter(Protocol):
 
 
 WEIGHT_ELEMENTS = 1024  # float constants this large are a SavedModel's variables
-FLOAT_TYPES = frozenset({1, 2, 14, 19})  # DataType enums: float32, float64, bfloat16, float16
 
 
 def lift_weights(graph_def, min_elements: int = WEIGHT_ELEMENTS):
     """The graph with its large float constants turned into placeholders of the same name,
     and their values. Lookup-table contents stay constants (the table ops need them so)."""
-    import tensorflow as tf
-
-    from tfopt.graph import consumers
+    from tfopt.graph import const_value, consumers, without_large_constants
 
     readers = consumers(graph_def)
-    out = type(graph_def)()
-    out.versions.CopyFrom(graph_def.versions)
-    out.library.CopyFrom(graph_def.library)
-    values = {}
-    for node in graph_def.node:
-        tensor = node.attr["value"].tensor if node.op == "Const" else None
-        if tensor is not None and tensor.dtype in FLOAT_TYPES and \
-                np.prod([d.size for d in tensor.tensor_shape.dim]) >= min_elements and \
-                not any(r.op.startswith("LookupTable") for r in readers.get(node.name, ())):
-            values[node.name] = tf.make_ndarray(tensor)
-            placeholder = out.node.add(name=node.name, op="Placeholder", device=node.device)
-            placeholder.attr["dtype"].type = tensor.dtype
-            placeholder.attr["shape"].shape.CopyFrom(tensor.tensor_shape)
-        else:
-            out.node.add().CopyFrom(node)
-    return out, values
+    out, lifted = without_large_constants(
+        graph_def, min_elements,
+        lambda name: not any(r.op.startswith("LookupTable") for r in readers.get(name, ())))
+    return out, {name: const_value(node) for name, node in lifted.items()}
 
 
 def serving_function(model: Model, weights_as_variables: bool = False):
     """The frozen graph as a tf.function with the signature's input names and a dict of outputs.
 
-    With weights_as_variables its large float constants are the module's variables (as in
-    the SavedModel training wrote): the graph stays small, under protobuf's 2 GB, and the
-    TFLite converter freezes them itself, in a fraction of the memory inline constants cost.
+    External weights are the module's variables, and with weights_as_variables its large
+    float constants too (as in the SavedModel training wrote): the graph stays small, under
+    protobuf's 2 GB, and the TFLite converter freezes them itself, in a fraction of the
+    memory inline constants cost.
     Returns (module, concrete function); the module keeps the function alive and savable.
     """
     import tensorflow as tf
 
     graph_def = rename_functions(model.graph_def, f"_tfopt{next(_CALLS)}")
-    values: dict = {}
+    values = dict(model.weights)  # external weights are placeholders already
     if weights_as_variables:
-        graph_def, values = lift_weights(graph_def)
+        graph_def, lifted = lift_weights(graph_def)
+        values.update(lifted)
 
     def import_graph():
         tf.compat.v1.import_graph_def(graph_def, name="")
 
     wrapped = tf.compat.v1.wrap_function(import_graph, [])
-    del graph_def
     graph = wrapped.graph
     pruned = wrapped.prune(
         feeds=[graph.get_tensor_by_name(t.tensor) for t in model.inputs]
@@ -116,8 +100,10 @@ def serving_function(model: Model, weights_as_variables: bool = False):
         fetches={t.name: graph.get_tensor_by_name(t.tensor) for t in model.outputs})
     specs = [tf.TensorSpec(t.shape, tf.as_dtype(t.dtype), name=t.name) for t in model.inputs]
     module = tf.Module()
-    module.weights = [tf.Variable(values.pop(name), name=name.replace(":", "_"),
-                                  trainable=False) for name in list(values)]
+    live = model.meta.get("variables", {})  # the source's own variables: no copy
+    module.weights = [live[name] if name in live else
+                      tf.Variable(values[name], name=name.replace(":", "_"), trainable=False)
+                      for name in values]
 
     @tf.function(input_signature=specs)
     def serve(*args):

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tfopt.errors import ConversionError
 from tfopt.exporters.base import Exported, ExportOptions, python_callbacks
 from tfopt.graph import op_histogram
+from tfopt.loaders import weights as external
 from tfopt.model import Model
 
 FORMAT = "pb"
@@ -14,7 +16,13 @@ PREPARE: tuple[str, ...] = ()
 
 
 def export(model: Model, path: Path, options: ExportOptions) -> Exported:
-    path.write_bytes(model.graph_def.SerializeToString(deterministic=True))
+    size = model.graph_def.ByteSize() + model.weight_bytes
+    if size > external.PROTOBUF_LIMIT:
+        raise ConversionError(
+            f"the frozen GraphDef would be {size / 2**30:.2f} GB; protobuf's limit is 2 GB, so "
+            "no model.pb can hold these weights: use saved_model (they stay variables there), "
+            "tflite or onnx", details={"too_large": True})
+    path.write_bytes(model.inlined_graph().SerializeToString(deterministic=True))
     return Exported()
 
 

@@ -13,6 +13,7 @@ from tfopt.categories import is_optimizer_variable, is_update_op
 from tfopt.errors import InputError, first_line
 from tfopt.graph import FORWARDING_OPS, node_name, op_histogram, rename_node, unique_name
 from tfopt.loaders.tables import freeze_tables
+from tfopt.loaders.weights import LARGE_WEIGHT_BYTES, captured_variables, freeze
 from tfopt.model import Model, TensorSpec
 
 
@@ -24,6 +25,7 @@ class LoadOptions:
     outputs: list[str] | None = None  # TF1 graphs: output tensors
     freeze: dict[str, str] = field(default_factory=dict)  # TF1: placeholder -> value
     unsafe_keras: bool = False  # load Keras files outside safe mode (runs their Python code)
+    large_weight_bytes: int = LARGE_WEIGHT_BYTES  # variables this large stay external
 
     @property
     def graph_options(self) -> list[str]:
@@ -121,14 +123,13 @@ def function_io_names(fn) -> tuple[list[str], list[str]]:
     return inputs, outputs
 
 
-def freeze_function(fn, signature: str) -> Model:
-    """Fold the variables of a ConcreteFunction into constants and name its IO by the signature."""
+def freeze_function(fn, signature: str, large_weight_bytes: int = LARGE_WEIGHT_BYTES) -> Model:
+    """Fold the variables of a ConcreteFunction into constants and name its IO by the
+    signature; variables of at least large_weight_bytes become external weights."""
     import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     try:
-        frozen = convert_variables_to_constants_v2(fn, lower_control_flow=False,
-                                                   aggressive_inlining=True)
+        frozen, graph_def, weights, variables = freeze(fn, large_weight_bytes)
     except Exception as exc:  # TF raises ValueError, InvalidArgumentError and others
         _, ops = graph_stats(fn.graph.as_graph_def())
         updates = sorted(op for op in ops if is_update_op(op))
@@ -137,24 +138,24 @@ def freeze_function(fn, signature: str) -> Model:
                              "so it is a training step; pass an inference signature with "
                              "--signature") from exc
         raise InputError(f"cannot freeze signature '{signature}': {first_line(exc)}") from exc
-    graph_def = frozen.graph.as_graph_def()
     in_names, out_names = function_io_names(fn)
-    if len(in_names) != len(frozen.inputs) and \
-            not freeze_tables(fn, frozen, graph_def, len(in_names)):
-        _refuse_captured_resources(frozen, len(in_names), signature)
+    kept = set(captured_variables(fn))  # the variables' handles, now Placeholders or Consts
+    extra = [t for t in list(frozen.inputs)[len(in_names):] if t.op.name not in kept]
+    if extra and not freeze_tables(fn, graph_def, [t.op.name for t in extra]):
+        _refuse_captured_resources(extra, signature)
     out_tensors = tf.nest.flatten(frozen.structured_outputs, expand_composites=True)
     name_signature(graph_def, [(n, t.op.name) for n, t in zip(in_names, frozen.inputs)],
                    [(n, t.name, t.dtype.as_datatype_enum) for n, t in zip(out_names, out_tensors)])
     return Model(graph_def, [spec_from_tf(n, t) for n, t in zip(in_names, frozen.inputs)],
-                 [spec_from_tf(n, t) for n, t in zip(out_names, out_tensors)], signature)
+                 [spec_from_tf(n, t) for n, t in zip(out_names, out_tensors)], signature,
+                 meta={"variables": variables}, weights=weights)
 
 
-def _refuse_captured_resources(frozen, signature_inputs: int, signature: str) -> None:
+def _refuse_captured_resources(extra: list, signature: str) -> None:
     """Freezing folds variables but leaves other captured resources (lookup tables, above
     all) as extra graph inputs that no artifact could be fed: name them."""
     import tensorflow as tf
 
-    extra = list(frozen.inputs)[signature_inputs:]
     readers, frontier = set(), [op for t in extra for op in t.consumers()]
     while frontier:  # through the Identity that a captured handle usually goes through
         op = frontier.pop()

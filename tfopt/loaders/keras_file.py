@@ -103,7 +103,7 @@ def load(path: Path, options: LoadOptions) -> Loaded:
         return dict(zip(out_names, tf.nest.flatten(outputs)))
 
     fn = serve.get_concrete_function()
-    frozen = freeze_function(fn, SIGNATURE)
+    frozen = freeze_function(fn, SIGNATURE, options.large_weight_bytes)
     frozen.meta["keepalive"] = model
     frozen.meta["traced_graph"] = fn.graph.as_graph_def()
     nodes, ops = graph_stats(fn.graph.as_graph_def())

@@ -171,7 +171,7 @@ def load(path: Path, options: LoadOptions) -> Loaded:
     except Exception as exc:  # TF raises many types for unloadable models
         raise InputError(f"TensorFlow cannot load {path}: {first_line(exc)}") from exc
     fn = obj.signatures[options.signature]
-    model = freeze_function(fn, options.signature)
+    model = freeze_function(fn, options.signature, options.large_weight_bytes)
     model.meta["keepalive"] = obj  # the reference function needs its variables alive
 
     nodes, ops = graph_stats(meta.graph_def)

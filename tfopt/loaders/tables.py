@@ -31,13 +31,13 @@ def _lookups(graph_def: Any, name: str) -> list:
     return found
 
 
-def freeze_tables(fn: Any, frozen: Any, graph_def: Any, signature_inputs: int) -> bool:
-    """Replace every captured table handle left in graph_def by a constant table; False
-    when some extra input is not a table this can freeze (graph_def is then unchanged)."""
+def freeze_tables(fn: Any, graph_def: Any, extra: list[str]) -> bool:
+    """Replace every captured table handle left in graph_def (the extra inputs, by node
+    name) by a constant table; False when one is not a table this can freeze (graph_def is
+    then unchanged)."""
     import tensorflow as tf
 
     external = {internal.op.name: outer for outer, internal in fn.graph.captures}
-    extra = [t.op.name for t in list(frozen.inputs)[signature_inputs:]]
     plans = []
     for name in extra:
         lookups = _lookups(graph_def, name)

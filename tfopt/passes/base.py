@@ -21,10 +21,11 @@ class PassContext:
     inputs: tuple[str, ...]  # node names the pipeline must keep as they are
     outputs: tuple[str, ...]
     values: Mapping[str, np.ndarray] = field(default_factory=dict)  # placeholders to freeze
+    weights: frozenset[str] = frozenset()  # placeholders that are external weights
 
     @property
     def protected(self) -> frozenset[str]:
-        return frozenset(self.inputs) | frozenset(self.outputs)
+        return frozenset(self.inputs) | frozenset(self.outputs) | self.weights
 
 
 @dataclass
@@ -71,7 +72,7 @@ def register(name: str) -> Callable[[PassFn], PassFn]:
 def run_pipeline(model: Model, names: Sequence[str], values: Mapping[str, np.ndarray] | None = None
                  ) -> tuple[Model, list[PassReport]]:
     ctx = PassContext(tuple(t.name for t in model.inputs), tuple(t.name for t in model.outputs),
-                      dict(values or {}))
+                      dict(values or {}), frozenset(model.weights))
     reports = []
     graph_def = model.graph_def
     for name in names:

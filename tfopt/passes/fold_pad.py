@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from tfopt.graph import channels_first, const_value, node_name
+from tfopt.graph import channels_first, const_value, node_name, without_large_constants
 from tfopt.passes.base import PassContext, PassLog, register
 from tfopt.passes.pattern import (
     CONST,
@@ -95,8 +95,8 @@ def _input_shapes(graph_def, pad_names: list[str]) -> dict:
     import tensorflow as tf
 
     graph = tf.Graph()
-    with graph.as_default():
-        tf.compat.v1.import_graph_def(graph_def, name="")
+    with graph.as_default():  # the weights' shapes, not their values
+        tf.compat.v1.import_graph_def(without_large_constants(graph_def, 4096)[0], name="")
     shapes = {}
     for name in pad_names:
         shape = graph.get_operation_by_name(name).inputs[0].shape

@@ -27,6 +27,9 @@ def freeze_placeholders(graph_def, ctx: PassContext, log: PassLog):
         elif node.name in ctx.inputs:
             if node.op == "PlaceholderWithDefault":
                 log.skip(node.name, "a signature input: fed at serving time, default unused")
+        elif node.name in ctx.weights:
+            log.skip(node.name, "an external weight: its value stays out of the graph "
+                     "(--large-weight-bytes)")
         elif node.op == "Placeholder":
             if node.name in live:
                 log.skip(node.name, "no value given; pass --freeze-placeholder "

@@ -7,12 +7,27 @@ from __future__ import annotations
 from collections import Counter
 
 from tfopt.categories import IDENTITY_OPS
-from tfopt.graph import copy_graph, op_histogram, rename_node, unique_name
+from tfopt.graph import (
+    consumers,
+    copy_graph,
+    is_control,
+    node_name,
+    op_histogram,
+    rename_node,
+    unique_name,
+    without_large_constants,
+)
 from tfopt.passes.base import PassContext, PassLog, register
 
 # no "arithmetic": its AddOpsRewrite merges batch-norm shifts into residual AddN nodes,
 # which keeps fold_scale_shift from folding them
 OPTIMIZERS = ["function", "constfold", "shape", "dependency"]
+# ops that read a weight next to an activation: constant folding can never fold them, so a
+# kernel that only they read is set aside while Grappler runs (its copies of 100 MB of
+# ResNet50 kernels cost a gigabyte) and put back after
+KERNEL_READERS = frozenset({"Conv2D", "Conv3D", "DepthwiseConv2dNative", "MatMul",
+                            "BatchMatMulV2", "BatchMatMulV3", "Conv2DBackpropInput"})
+KERNEL_ELEMENTS = 4096
 
 
 def optimize(graph_def, fetch: list[str], optimizers: list[str]):
@@ -33,6 +48,35 @@ def optimize(graph_def, fetch: list[str], optimizers: list[str]):
     fetches.node_list.value.extend(fetch)
     meta_graph.collection_def["train_op"].CopyFrom(fetches)
     return tf_optimizer.OptimizeGraph(config, meta_graph)
+
+
+def _hide_shapes(graph_def, weights: frozenset[str]) -> dict:
+    """Give external weights an unknown shape (in place on graph_def, a copy the pass owns)
+    and return theirs: Grappler fills a zero tensor for every placeholder of known shape,
+    which for a 2 GB embedding costs 2 GB and seconds."""
+    shapes = {}
+    for node in graph_def.node:
+        if node.name in weights and node.op == "Placeholder":
+            shapes[node.name] = type(node.attr["shape"])()
+            shapes[node.name].CopyFrom(node.attr["shape"])
+            node.attr["shape"].shape.unknown_rank = True
+            del node.attr["shape"].shape.dim[:]
+    return shapes
+
+
+def _set_aside_kernels(graph_def) -> tuple:
+    """The graph with each large float Const that only KERNEL_READERS read (through
+    Identity) as a Placeholder of its shape, and those Const nodes by name."""
+    readers = consumers(graph_def)
+
+    def kernel_readers_only(name: str) -> bool:
+        found = [r for r in readers.get(name, [])  # control edges read no value
+                 if any(node_name(i) == name and not is_control(i) for i in r.input)]
+        return bool(found) and all(
+            kernel_readers_only(r.name) if r.op == "Identity" else r.op in KERNEL_READERS
+            for r in found)
+
+    return without_large_constants(graph_def, KERNEL_ELEMENTS, kernel_readers_only)
 
 
 CALLS = frozenset({"PartitionedCall", "StatefulPartitionedCall"})
@@ -60,8 +104,19 @@ def isolate_calls(graph_def, protected: frozenset[str]):
 
 @register("grappler")
 def grappler(graph_def, ctx: PassContext, log: PassLog):
-    graph_def = isolate_calls(graph_def, ctx.protected)
-    out = optimize(graph_def, list(ctx.inputs + ctx.outputs), OPTIMIZERS)
+    isolated = isolate_calls(graph_def, ctx.protected)
+    if ctx.weights and isolated is graph_def:
+        isolated = copy_graph(graph_def)
+    shapes = _hide_shapes(isolated, ctx.weights)
+    lifted, kernels = _set_aside_kernels(isolated)
+    out = optimize(lifted, list(ctx.inputs + ctx.outputs) + sorted(ctx.weights)
+                   + sorted(kernels), OPTIMIZERS)
+    del lifted
+    for node in out.node:
+        if node.name in shapes:
+            node.attr["shape"].CopyFrom(shapes[node.name])
+        elif node.name in kernels:
+            node.CopyFrom(kernels[node.name])
     before, after = Counter(op_histogram(graph_def)), Counter(op_histogram(out))
     for op, count in sorted((before - after).items()):
         category = "identity" if op in IDENTITY_OPS else "folded_constants"

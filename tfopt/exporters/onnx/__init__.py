@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tfopt.errors import ConversionError, first_line
 from tfopt.exporters.base import PRECISION, QUANTIZE_MODES, Exported, ExportOptions
-from tfopt.exporters.onnx.convert import default_opset, to_onnx
+from tfopt.exporters.onnx.convert import default_opset, save, to_onnx
 from tfopt.exporters.onnx.convert import unsupported_ops as _tf2onnx_unsupported
 from tfopt.exporters.onnx.quantize import QUANTIZERS, quiet_logging
 from tfopt.exporters.onnx.rewrites import FINISH, POST_OPTIMIZE, QUANTIZED_FINISH, run_rewrites
@@ -44,6 +44,10 @@ def export(model: Model, path: Path, options: ExportOptions) -> Exported:
     recurrent = [{"node": n.name, "op": n.op_type, "conversion": RECURRENT[n.op_type]}
                  for n in proto.graph.node if n.op_type in RECURRENT]
     precision = PRECISION[options.quantize]
+    if options.quantize != "none" and model.weights:
+        raise ConversionError("--quantize with external weights (variables of at least "
+                              "--large-weight-bytes) is not supported for ONNX yet; raise "
+                              "--large-weight-bytes if the model fits in 2 GB")
     if options.quantize != "none":
         try:
             with quiet_logging():
@@ -56,5 +60,11 @@ def export(model: Model, path: Path, options: ExportOptions) -> Exported:
         proto = onnx.load(str(path))
     proto, named = run_rewrites(proto, QUANTIZED_FINISH if options.quantize in INTEGER
                                 else FINISH)
-    onnx.save(proto, str(path))
+    save(proto, path, model.weights)
+    if model.weights:  # the in-memory checks never saw the weights: check the files
+        try:
+            onnx.checker.check_model(str(path), full_check=True)
+        except Exception as exc:  # ValidationError, InferenceError
+            raise ConversionError(f"the ONNX model with external data is invalid: "
+                                  f"{first_line(exc)}") from exc
     return Exported(precision=precision, steps=steps + named, recurrent=recurrent)

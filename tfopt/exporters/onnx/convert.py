@@ -6,6 +6,7 @@ import functools
 from typing import Any
 
 from tfopt.errors import ConversionError, first_line
+from tfopt.graph import copy_graph
 from tfopt.model import Model
 
 # handled by tf2onnx itself, not through an op handler
@@ -116,13 +117,22 @@ def to_onnx(model: Model, opset: int) -> Any:
     import tf2onnx
     from tensorflow.python.util import deprecation
 
+    weights = {f"{name}:0": name for name in model.weights}  # graph inputs until saved
+    graph_def = model.graph_def
+    if weights:  # tf2onnx's Grappler run would fill a zero tensor for each known shape
+        graph_def = copy_graph(graph_def)
+        for node in graph_def.node:
+            if node.name in model.weights:
+                for dim in node.attr["shape"].shape.dim:
+                    dim.size = -1
     try:
         with deprecation.silence():  # tf2onnx calls TF1 APIs that log a warning each
             proto, _ = tf2onnx.convert.from_graph_def(
-                model.graph_def, name=model.signature, opset=opset,
-                input_names=[t.tensor for t in model.inputs],
+                graph_def, name=model.signature, opset=opset,
+                input_names=[t.tensor for t in model.inputs] + list(weights),
                 output_names=[t.tensor for t in model.outputs],
-                tensors_to_rename={t.tensor: t.name for t in model.inputs + model.outputs})
+                tensors_to_rename={t.tensor: t.name for t in model.inputs + model.outputs}
+                | weights)
     except Exception as exc:  # tf2onnx raises ValueError, KeyError and others
         raise ConversionError(f"tf2onnx failed: {first_line(exc)}") from exc
     proto = label_encoders(proto, model.graph_def)
@@ -135,3 +145,38 @@ def to_onnx(model: Model, opset: int) -> Any:
         raise ConversionError(f"tf2onnx wrote an invalid ONNX model{hint}: {first_line(exc)}",
                               details={"blocking_ops": unknown}) from exc
     return proto
+
+
+def save(proto: Any, path: Any, weights: dict[str, Any]) -> None:
+    """Write the model; external weights (graph inputs until now) become initializers whose
+    bytes go to `<path>.data`, written once from numpy: onnx.save_model's external-data
+    option would first copy each into the proto, and a proto cannot pass 2 GB."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    from tfopt.files import sidecar
+
+    if not weights:
+        onnx.save(proto, str(path))
+        return
+    kept = [i for i in proto.graph.input if i.name not in weights]
+    del proto.graph.input[:]
+    proto.graph.input.extend(kept)
+    used = {name for node in proto.graph.node for name in node.input}
+    offset = 0
+    with open(sidecar(path), "wb") as data:
+        for name, value in weights.items():
+            if name not in used:
+                continue
+            value = np.ascontiguousarray(value)
+            tensor = TensorProto(name=name, dims=value.shape,
+                                 data_type=helper.np_dtype_to_tensor_dtype(value.dtype))
+            tensor.data_location = TensorProto.EXTERNAL
+            data.write(value.data)
+            for key, text in (("location", sidecar(path).name), ("offset", str(offset)),
+                              ("length", str(value.nbytes))):
+                tensor.external_data.add(key=key, value=text)
+            offset += value.nbytes
+            proto.graph.initializer.append(tensor)
+    onnx.save(proto, str(path))

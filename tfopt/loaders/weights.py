@@ -1,0 +1,143 @@
+"""The TF2 freeze core: variables folded from numpy, and external weights.
+
+convert_variables_to_constants_v2 copies every weight about seven times on its way into a
+GraphDef, and a GraphDef cannot pass protobuf's 2 GB. Here TF inlines the function with its
+variables left as resource captures; then each variable that is only read becomes a
+Placeholder named after it, with its value a view of the variable's buffer:
+
+    Placeholder(resource) -> [Identity ->] ReadVariableOp          -> Placeholder -> Identity
+    Placeholder(resource) -> [Identity ->] ResourceGather(indices) -> Placeholder -> GatherV2
+
+Those under `large_weight_bytes` become Consts (one copy); the rest stay external weights
+in `Model.weights`, which exporters write as variables (SavedModel, TFLite via its
+converter), as ONNX external data, or inline into `model.pb` while it fits.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from tfopt.graph import consumers, inline_constants, rename_node, unique_name
+
+LARGE_WEIGHT_BYTES = 256 << 20
+PROTOBUF_LIMIT = (2 << 30) - 1
+
+
+SIMPLE_READS = frozenset({"ReadVariableOp", "ResourceGather"})
+
+
+def captured_variables(fn: Any) -> dict[str, Any]:
+    """The function's captured variables of known shape, by capture placeholder."""
+    by_handle = {id(v.handle): v for v in fn.graph.variables}
+    found = {}
+    for outer, inner in fn.graph.captures:
+        variable = by_handle.get(id(outer))
+        if variable is not None and variable.shape.is_fully_defined():
+            found[inner.op.name] = variable
+    return found
+
+
+def handle_reads(readers: dict[str, list], handle: str) -> list:
+    """The nodes reading a variable handle's value, through Identity (readers: consumers)."""
+    frontier, reads = [handle], []
+    while frontier:
+        for reader in readers.get(frontier.pop(), ()):
+            if reader.op == "Identity":
+                frontier.append(reader.name)
+            else:
+                reads.append(reader)
+    return reads
+
+
+def freeze(fn: Any, large_bytes: int) -> tuple[Any, Any, dict[str, np.ndarray], dict[str, Any]]:
+    """Fold a ConcreteFunction's variables without TensorFlow copying them: every variable
+    that is only read (ReadVariableOp, ResourceGather) stays a capture while TF inlines the
+    function, then becomes a Placeholder; those under large_bytes become Consts from a
+    view of the variable (one copy, where convert_variables_to_constants_v2 makes about
+    seven), the rest external weights. Variables read inside control flow (a While body)
+    are folded by TF as before.
+
+    Returns (frozen function, its graph_def, external weights, their variables).
+    """
+    variables = captured_variables(fn)
+    frozen = freeze_keeping(fn, set(variables))
+    graph_def = frozen.graph.as_graph_def()
+    readers = consumers(graph_def)
+    simple = {h: v for h, v in variables.items()
+              if {r.op for r in handle_reads(readers, h)} <= SIMPLE_READS}
+    if len(simple) != len(variables):  # let TF fold the others, captured in control flow
+        frozen = freeze_keeping(fn, set(simple))
+        graph_def = frozen.graph.as_graph_def()
+    values, live = externalize(graph_def, simple)
+    small = {name: value for name, value in values.items() if value.nbytes < large_bytes}
+    inline_constants(graph_def, small)
+    weights = {name: value for name, value in values.items() if name not in small}
+    return frozen, graph_def, weights, {name: live[name] for name in weights}
+
+
+def freeze_keeping(fn: Any, kept: set[str]) -> Any:
+    """convert_variables_to_constants_v2 with some variables left as captures: the public
+    function has no denylist, the converter class it wraps does."""
+    from tensorflow.python.framework import convert_to_constants as c2c
+
+    data = c2c._FunctionConverterDataInEager(func=fn, lower_control_flow=False,
+                                              aggressive_inlining=True,
+                                              variable_names_denylist=kept)
+    graph_def, converted = c2c._replace_variables_by_constants(converter_data=data)
+    return c2c._construct_concrete_function(fn, graph_def, converted)
+
+
+def externalize(graph_def: Any, handles: dict[str, Any]) -> tuple[dict[str, np.ndarray],
+                                                                   dict[str, Any]]:
+    """Turn each kept variable's handle Placeholder (in place) into a float Placeholder named
+    after the variable; returns the values (views of the variables' buffers) and the
+    variables themselves by new name."""
+    import tensorflow as tf
+
+    nodes = {n.name: n for n in graph_def.node}
+    readers = consumers(graph_def)
+    taken = set(nodes)
+    values, variables = {}, {}
+    for handle, variable in handles.items():
+        node = nodes.get(handle)
+        if node is None:
+            continue
+        dtype = variable.dtype.as_datatype_enum
+        frontier = [node.name]
+        while frontier:  # the Identity ops forwarding the handle forward the value now
+            for reader in readers.get(frontier.pop(), ()):
+                if reader.op == "Identity":
+                    reader.attr["T"].type = dtype
+                    frontier.append(reader.name)
+        for read in handle_reads(readers, node.name):
+            if read.op == "ReadVariableOp":
+                read.op = "Identity"
+                read.attr.clear()
+                read.attr["T"].type = dtype
+            else:  # ResourceGather(handle, indices) -> GatherV2(params, indices, axis 0)
+                batch_dims = read.attr["batch_dims"].i
+                indices = read.attr["Tindices"].type
+                axis = graph_def.node.add(name=unique_name(f"{read.name}/axis", taken),
+                                          op="Const")
+                taken.add(axis.name)
+                axis.attr["dtype"].type = tf.int32.as_datatype_enum
+                axis.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(np.int32(batch_dims)))
+                read.op = "GatherV2"
+                read.attr.clear()
+                read.input.insert(2, axis.name)
+                read.attr["Tparams"].type = dtype
+                read.attr["Tindices"].type = indices
+                read.attr["Taxis"].type = tf.int32.as_datatype_enum
+                read.attr["batch_dims"].i = batch_dims
+        name = unique_name(variable.name.split(":")[0], taken - {node.name})
+        node.attr.clear()
+        node.attr["dtype"].type = dtype
+        node.attr["shape"].shape.CopyFrom(variable.shape.as_proto())
+        if name != node.name:
+            taken.discard(node.name)
+            rename_node(graph_def, node.name, name)
+        taken.add(name)
+        values[name] = np.asarray(variable.value())  # a view of TF's buffer, not a copy
+        variables[name] = variable
+    return values, variables
