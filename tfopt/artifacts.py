@@ -15,7 +15,6 @@ from tfopt.output import write_failure
 from tfopt.report import ArtifactReport
 from tfopt.verify import Check
 
-
 LARGE_ARTIFACT = 64 << 20  # bytes
 
 
