@@ -298,3 +298,26 @@ def inline_constants(graph_def, values: dict) -> None:
             node.attr.clear()
             node.attr["dtype"].type = dtype
             set_const_value(node, values[node.name])
+
+
+# ops that read a weight next to an activation: no constant folder can fold them, so a
+# kernel that only they read can be a placeholder while TF-side tools (Grappler, tf2onnx)
+# work on the graph, and be put back after
+KERNEL_READERS = frozenset({"Conv2D", "Conv3D", "DepthwiseConv2dNative", "MatMul",
+                            "BatchMatMulV2", "BatchMatMulV3", "Conv2DBackpropInput"})
+KERNEL_ELEMENTS = 4096
+
+
+def set_aside_kernels(graph_def) -> tuple:
+    """without_large_constants for the float Consts of at least KERNEL_ELEMENTS that only
+    KERNEL_READERS read (through Identity; control edges read no value)."""
+    readers = consumers(graph_def)
+
+    def kernel_readers_only(name: str) -> bool:
+        found = [r for r in readers.get(name, [])
+                 if any(node_name(i) == name and not is_control(i) for i in r.input)]
+        return bool(found) and all(
+            kernel_readers_only(r.name) if r.op == "Identity" else r.op in KERNEL_READERS
+            for r in found)
+
+    return without_large_constants(graph_def, KERNEL_ELEMENTS, kernel_readers_only)

@@ -7,27 +7,12 @@ from __future__ import annotations
 from collections import Counter
 
 from tfopt.categories import IDENTITY_OPS
-from tfopt.graph import (
-    consumers,
-    copy_graph,
-    is_control,
-    node_name,
-    op_histogram,
-    rename_node,
-    unique_name,
-    without_large_constants,
-)
+from tfopt.graph import copy_graph, op_histogram, rename_node, set_aside_kernels, unique_name
 from tfopt.passes.base import PassContext, PassLog, register
 
 # no "arithmetic": its AddOpsRewrite merges batch-norm shifts into residual AddN nodes,
 # which keeps fold_scale_shift from folding them
 OPTIMIZERS = ["function", "constfold", "shape", "dependency"]
-# ops that read a weight next to an activation: constant folding can never fold them, so a
-# kernel that only they read is set aside while Grappler runs (its copies of 100 MB of
-# ResNet50 kernels cost a gigabyte) and put back after
-KERNEL_READERS = frozenset({"Conv2D", "Conv3D", "DepthwiseConv2dNative", "MatMul",
-                            "BatchMatMulV2", "BatchMatMulV3", "Conv2DBackpropInput"})
-KERNEL_ELEMENTS = 4096
 
 
 def optimize(graph_def, fetch: list[str], optimizers: list[str]):
@@ -64,21 +49,6 @@ def _hide_shapes(graph_def, weights: frozenset[str]) -> dict:
     return shapes
 
 
-def _set_aside_kernels(graph_def) -> tuple:
-    """The graph with each large float Const that only KERNEL_READERS read (through
-    Identity) as a Placeholder of its shape, and those Const nodes by name."""
-    readers = consumers(graph_def)
-
-    def kernel_readers_only(name: str) -> bool:
-        found = [r for r in readers.get(name, [])  # control edges read no value
-                 if any(node_name(i) == name and not is_control(i) for i in r.input)]
-        return bool(found) and all(
-            kernel_readers_only(r.name) if r.op == "Identity" else r.op in KERNEL_READERS
-            for r in found)
-
-    return without_large_constants(graph_def, KERNEL_ELEMENTS, kernel_readers_only)
-
-
 CALLS = frozenset({"PartitionedCall", "StatefulPartitionedCall"})
 
 
@@ -108,7 +78,7 @@ def grappler(graph_def, ctx: PassContext, log: PassLog):
     if ctx.weights and isolated is graph_def:
         isolated = copy_graph(graph_def)
     shapes = _hide_shapes(isolated, ctx.weights)
-    lifted, kernels = _set_aside_kernels(isolated)
+    lifted, kernels = set_aside_kernels(isolated)  # its copies of kernels cost gigabytes
     out = optimize(lifted, list(ctx.inputs + ctx.outputs) + sorted(ctx.weights)
                    + sorted(kernels), OPTIMIZERS)
     del lifted

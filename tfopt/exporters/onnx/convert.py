@@ -6,7 +6,7 @@ import functools
 from typing import Any
 
 from tfopt.errors import ConversionError, first_line
-from tfopt.graph import copy_graph
+from tfopt.graph import const_value, set_aside_kernels
 from tfopt.model import Model
 
 # handled by tf2onnx itself, not through an op handler
@@ -110,6 +110,47 @@ def label_encoders(proto: Any, graph_def: Any) -> Any:
     return proto
 
 
+def attach_kernels(proto: Any, kernels: dict[str, Any]) -> Any:
+    """The kernels (graph inputs of tf2onnx's model) as initializers; a Transpose or Reshape
+    that tf2onnx put on one (its layout for Conv) is applied here, in numpy, as tf2onnx
+    does to a constant kernel."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    from tfopt.exporters.onnx.graph import OnnxGraph
+
+    if not kernels:
+        return proto
+    graph = OnnxGraph(proto)
+    values = dict(kernels)
+    dropped = set()
+    for node in proto.graph.node:  # in order: a chain folds step by step
+        if not node.input or node.input[0] not in values or node.output[0] in graph.outputs:
+            continue
+        value = values[node.input[0]]
+        if node.op_type == "Transpose":
+            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+            result = np.ascontiguousarray(np.transpose(value, perm))
+        elif node.op_type == "Reshape" and node.input[1] in graph.constants:
+            shape = [d if d else value.shape[i]  # 0 copies the dimension (allowzero 0)
+                     for i, d in enumerate(graph.constants[node.input[1]].tolist())]
+            result = value.reshape(shape)
+        elif node.op_type == "Identity":
+            result = value
+        else:
+            continue
+        values[node.output[0]] = result
+        dropped.add(id(node))
+    graph.replace({}, dropped)
+    used = {name for node in proto.graph.node for name in node.input}
+    kept = [i for i in proto.graph.input if i.name not in kernels]
+    del proto.graph.input[:]
+    proto.graph.input.extend(kept)
+    proto.graph.initializer.extend(numpy_helper.from_array(value, name)
+                                   for name, value in values.items() if name in used)
+    return proto
+
+
 def to_onnx(model: Model, opset: int) -> Any:
     """The frozen graph as a checked ONNX ModelProto; inputs and outputs keep the signature's
     names."""
@@ -117,14 +158,15 @@ def to_onnx(model: Model, opset: int) -> Any:
     import tf2onnx
     from tensorflow.python.util import deprecation
 
-    weights = {f"{name}:0": name for name in model.weights}  # graph inputs until saved
-    graph_def = model.graph_def
-    if weights:  # tf2onnx's Grappler run would fill a zero tensor for each known shape
-        graph_def = copy_graph(graph_def)
-        for node in graph_def.node:
-            if node.name in model.weights:
-                for dim in node.attr["shape"].shape.dim:
-                    dim.size = -1
+    # tf2onnx copies every constant several times (5.7 GB for ResNet50's 0.1 GB): kernels
+    # go in as graph inputs and come back as initializers; external weights stay inputs
+    # until saved
+    graph_def, kernels = set_aside_kernels(model.graph_def)
+    weights = {f"{name}:0": name for name in list(model.weights) + list(kernels)}
+    for node in graph_def.node:  # tf2onnx's Grappler fills a zero tensor per known shape
+        if node.name in model.weights:
+            for dim in node.attr["shape"].shape.dim:
+                dim.size = -1
     try:
         with deprecation.silence():  # tf2onnx calls TF1 APIs that log a warning each
             proto, _ = tf2onnx.convert.from_graph_def(
@@ -135,6 +177,8 @@ def to_onnx(model: Model, opset: int) -> Any:
                 | weights)
     except Exception as exc:  # tf2onnx raises ValueError, KeyError and others
         raise ConversionError(f"tf2onnx failed: {first_line(exc)}") from exc
+    del graph_def
+    proto = attach_kernels(proto, {name: const_value(node) for name, node in kernels.items()})
     proto = label_encoders(proto, model.graph_def)
     try:
         onnx.checker.check_model(proto, full_check=True)
