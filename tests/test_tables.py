@@ -28,6 +28,19 @@ def table_models(tmp_path_factory):
     module = Table()
     tf.saved_model.save(module, str(root / "hash_table"), signatures={"serving_default":
                                                                         module.serve})
+
+    class Prices(tf.Module):  # int64 -> float32: no TFLite builtin holds it
+        def __init__(self):
+            self.table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+                tf.constant([1, 5, 9], tf.int64), tf.constant([10.0, 50.0, 90.0])), -1.0)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.int64, name="item")])
+        def serve(self, item):
+            return {"price": self.table.lookup(item) * 2.0}
+
+    prices = Prices()
+    tf.saved_model.save(prices, str(root / "prices"), signatures={"serving_default":
+                                                                    prices.serve})
     keras.utils.set_random_seed(0)
     words = keras.Input((3,), dtype="string", name="words")
     ids = keras.layers.StringLookup(vocabulary=["cat", "dog", "bird"])(words)
@@ -79,3 +92,17 @@ def test_text_vectorization_names_what_onnx_and_tflite_cannot_express(table_mode
     assert "StaticRegexReplace" in result.artifact("onnx").error
     assert "FlexStaticRegexReplace" in result.artifact("tflite").error
     assert "pip cannot run" in result.artifact("tflite").error
+
+
+def test_an_int_to_float_table_converts_to_onnx_and_names_the_tflite_limit(table_models,
+                                                                          tmp_path):
+    import tfopt
+
+    result = tfopt.freeze(table_models / "prices", tmp_path / "out",
+                          data={"item": np.array([1, 5, 7, 9], np.int64)})
+    assert result.exit_code == 3
+    for fmt in ("onnx", "pb", "saved_model"):
+        assert result.artifact(fmt).parity.max_abs_err == 0.0, fmt
+    tflite = result.artifact("tflite")
+    assert tflite.status == "failed" and "int64 -> float32" in tflite.error
+    assert "string -> int64 and int64 -> string tables only" in tflite.error

@@ -136,7 +136,27 @@ def blocking_ops(message: str) -> list[str]:
     return sorted(set(re.findall(r"'(tf\.\w+)' op", message)))
 
 
+# key -> value dtypes (DataType enums) that TFLite's HASHTABLE builtins implement
+TABLE_TYPES = {(7, 9): "string -> int64", (9, 7): "int64 -> string"}
+
+
+def _unsupported_tables(model: Model) -> list[str]:
+    import tensorflow as tf
+
+    return [f"{n.name} ({tf.as_dtype(n.attr['key_dtype'].type).name} -> "
+            f"{tf.as_dtype(n.attr['value_dtype'].type).name})" for n in model.graph_def.node
+            if n.op == "HashTableV2" and
+            (n.attr["key_dtype"].type, n.attr["value_dtype"].type) not in TABLE_TYPES]
+
+
 def export(model: Model, path: Path, options: ExportOptions) -> Exported:
+    tables = _unsupported_tables(model)
+    if tables:
+        raise ConversionError(
+            f"TFLite's hash-table builtins hold string -> int64 and int64 -> string tables "
+            f"only, and this model has {', '.join(tables)}; the onnx, pb and saved_model "
+            "targets hold it, or map the values through an int64 table",
+            details={"blocking_ops": ["HashTableV2"]})
     result = Exported(precision=PRECISION[options.quantize])
     # through a SavedModel whose weights are variables: from_concrete_functions drops the
     # signature's name, and the converter freezes variables in less memory than constants

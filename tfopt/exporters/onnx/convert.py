@@ -64,6 +64,7 @@ def label_encoders(proto: Any, graph_def: Any) -> Any:
     from_graph_def cannot take the table contents), and that ONNX fails the full checker.
     """
     import numpy as np
+    import onnx
     from onnx import helper
 
     from tfopt.exporters.onnx.graph import OnnxGraph
@@ -99,14 +100,16 @@ def label_encoders(proto: Any, graph_def: Any) -> Any:
     graph.replace(replaced, dropped)
     if not any(o.domain == "ai.onnx.ml" for o in proto.opset_import):
         proto.opset_import.append(helper.make_opsetid("ai.onnx.ml", 2))
-    # tf2onnx could not infer the lookups' outputs: they have the keys' shape
-    typed = {v.name: v.type.tensor_type for v in list(proto.graph.input)
-             + list(proto.graph.value_info) if v.type.tensor_type.HasField("shape")}
-    for node in replaced.values():
-        for value in list(proto.graph.output) + list(proto.graph.value_info):
-            if value.name == node.output[0] and not value.type.tensor_type.HasField("shape") \
-                    and node.input[0] in typed:
-                value.type.tensor_type.shape.CopyFrom(typed[node.input[0]].shape)
+    # tf2onnx could not infer the shapes after a lookup; ONNX's inference knows LabelEncoder
+    # (and crashes on ops it does not know, which the checker names after this)
+    if not all(onnx.defs.has(n.op_type, n.domain or "") for n in proto.graph.node):
+        return proto
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    found = {v.name: v.type for v in list(inferred.graph.value_info)
+             + list(inferred.graph.output) if v.type.tensor_type.HasField("shape")}
+    for value in list(proto.graph.output) + list(proto.graph.value_info):
+        if not value.type.tensor_type.HasField("shape") and value.name in found:
+            value.type.CopyFrom(found[value.name])
     return proto
 
 
