@@ -19,6 +19,7 @@ from tfopt.loaders.base import (
     signature_specs,
     variable_stats,
 )
+from tfopt.loaders.weights import load_saved_model
 
 FORMAT = "saved_model"
 
@@ -156,21 +157,19 @@ def removed_outside_signature(meta, signature: str) -> Counter:
 
 
 def load(path: Path, options: LoadOptions) -> Loaded:
-    import tensorflow as tf
-
     if options.graph_options:
         raise UsageError(f"{' and '.join(options.graph_options)} apply to TF1 graphs; {path} is "
                          "a TF2 SavedModel, so choose what to export with --signature")
     proto = read_proto(path)
     meta = pick_meta_graph(proto, options.tags, path)
     check_signature(meta, options.signature, path)
-    stats = variable_stats(variables_prefix(path, meta))
+    prefix = variables_prefix(path, meta)
+    stats = variable_stats(prefix)
     tags = list(meta.meta_info_def.tags)
     try:
-        obj = tf.saved_model.load(str(path), tags=tags)
+        obj, fn = load_saved_model(str(path), tags, options.signature, prefix)
     except Exception as exc:  # TF raises many types for unloadable models
         raise InputError(f"TensorFlow cannot load {path}: {first_line(exc)}") from exc
-    fn = obj.signatures[options.signature]
     model = freeze_function(fn, options.signature, options.large_weight_bytes)
     model.meta["keepalive"] = obj  # the reference function needs its variables alive
 

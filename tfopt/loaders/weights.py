@@ -27,6 +27,48 @@ PROTOBUF_LIMIT = (2 << 30) - 1
 SIMPLE_READS = frozenset({"ReadVariableOp", "ResourceGather"})
 
 
+def load_saved_model(path: str, tags: list[str], signature: str, prefix: str | None
+                     ) -> tuple[Any, Any]:
+    """(loaded object, signature function), restoring only the variables the signature
+    captures, one at a time, from the checkpoint: TF's load restores every trackable, and
+    a Keras `model.export` holds each weight twice (as `variables` and `_all_variables`)."""
+    import tensorflow as tf
+
+    if prefix is not None:
+        skip = tf.saved_model.LoadOptions(experimental_skip_checkpoint=True)
+        obj = tf.saved_model.load(path, tags=tags, options=skip)
+        fn = obj.signatures[signature]
+        keys = _checkpoint_keys(obj, list(fn.graph.variables))
+        if keys is not None:
+            for variable, key in keys:
+                (value,) = tf.raw_ops.RestoreV2(prefix=prefix, tensor_names=[key],
+                                                shape_and_slices=[""], dtypes=[variable.dtype])
+                variable.assign(value)
+                del value  # one copy of each weight at a time, not the checkpoint's all
+            return obj, fn
+    obj = tf.saved_model.load(path, tags=tags)  # a variable outside the object graph
+    return obj, obj.signatures[signature]
+
+
+def _checkpoint_keys(root: Any, variables: list) -> list[tuple[Any, str]] | None:
+    """Each variable's key in the object-based checkpoint (its first path from the root), or
+    None when one is not reachable."""
+    wanted = {id(v): v for v in variables}
+    found: dict[int, str] = {}
+    queue, seen = [("", root)], {id(root)}
+    while queue and len(found) < len(wanted):
+        path, node = queue.pop(0)
+        if id(node) in wanted:
+            found.setdefault(id(node), path)
+        for name, child in node._trackable_children(save_type="checkpoint").items():
+            if id(child) not in seen:
+                seen.add(id(child))
+                queue.append((f"{path}/{name}" if path else name, child))
+    if len(found) < len(wanted):
+        return None
+    return [(wanted[i], f"{found[i]}/.ATTRIBUTES/VARIABLE_VALUE") for i in wanted]
+
+
 def captured_variables(fn: Any) -> dict[str, Any]:
     """The function's captured variables of known shape, by capture placeholder."""
     by_handle = {id(v.handle): v for v in fn.graph.variables}
