@@ -60,29 +60,21 @@ def build_and_check(fmt: str, model: Model, path: Path, options: ExportOptions,
         actual = [run(feed) for feed in check.feeds]
         report.verify_seconds = round(time.perf_counter() - start, 2)
     except Exception as exc:  # the artifact's own runtime refused it: a failed target
-        remove(path)
         report.blocking_ops = sorted(op for op in report.ops if op.startswith("Flex"))
-        report.error = f"{fmt} runtime cannot run the artifact: {first_line(exc)}"
         if report.blocking_ops:  # the converter's Select TF ops fallback
-            report.error = (f"the TFLite artifact needs Select TF ops "
-                            f"({', '.join(report.blocking_ops)}), which the tf.lite.Interpreter "
-                            "from pip cannot run; run it with the Flex delegate "
-                            "(tensorflow-lite-select-tf-ops) or remove those ops")
-        report.status, report.path, report.bytes, report.nodes, report.ops = \
-            "failed", None, None, None, {}
-        return report
-    report.batch = {"verified": sorted({len(next(iter(f.values()), [0])) for f in check.feeds})}
+            return _failed(report, path, (
+                f"the TFLite artifact needs Select TF ops ({', '.join(report.blocking_ops)}), "
+                "which the tf.lite.Interpreter from pip cannot run; run it with the Flex "
+                "delegate (tensorflow-lite-select-tf-ops) or remove those ops"))
+        return _failed(report, path, f"{fmt} runtime cannot run the artifact: {first_line(exc)}")
+    report.batch = {"verified": sorted({_batch_size(feed) for feed in check.feeds})}
     batched = None
     if check.batched is not None and exported.batch_limit is None:
         try:
             batched = run(check.batched)
         except Exception as exc:  # the runtime refused the batch: a failed target
-            remove(path)
-            report.status, report.path, report.bytes, report.nodes, report.ops = \
-                "failed", None, None, None, {}
-            report.error = (f"{fmt} runtime cannot run the artifact at batch "
-                            f"{check.batch_size}: {first_line(exc)}")
-            return report
+            return _failed(report, path, f"{fmt} runtime cannot run the artifact at batch "
+                                         f"{check.batch_size}: {first_line(exc)}")
         report.batch["verified"].append(check.batch_size)
     elif check.batched is not None:
         report.batch["limit"] = exported.batch_limit
@@ -90,6 +82,21 @@ def build_and_check(fmt: str, model: Model, path: Path, options: ExportOptions,
     if large:  # and the runtime's copy, before the next target loads its own
         gc.collect()
     report.parity = check.verdict(actual, report.precision, batched)
+    return report
+
+
+def _batch_size(feed: dict) -> int:
+    """The leading dimension of a feed's first input (1 for a scalar)."""
+    import numpy as np
+
+    return next((int(np.shape(v)[0]) for v in feed.values() if np.ndim(v)), 1)
+
+
+def _failed(report: ArtifactReport, path: Path, error: str) -> ArtifactReport:
+    """A built artifact that its runtime refused: removed, and the report says why."""
+    remove(path)
+    report.status, report.error = "failed", error
+    report.path, report.bytes, report.nodes, report.ops = None, None, None, {}
     return report
 
 
