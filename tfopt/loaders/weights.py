@@ -14,6 +14,7 @@ converter), as ONNX external data, or inline into `model.pb` while it fits.
 """
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -22,8 +23,6 @@ from tfopt.graph import consumers, inline_constants, rename_node, unique_name
 
 LARGE_WEIGHT_BYTES = 256 << 20
 PROTOBUF_LIMIT = (2 << 30) - 1
-
-
 SIMPLE_READS = frozenset({"ReadVariableOp", "ResourceGather"})
 
 
@@ -53,14 +52,17 @@ def load_saved_model(path: str, tags: list[str], signature: str, prefix: str | N
 def _checkpoint_keys(root: Any, variables: list) -> list[tuple[Any, str]] | None:
     """Each variable's key in the object-based checkpoint (its first path from the root), or
     None when one is not reachable."""
+    import tensorflow as tf
+
     wanted = {id(v): v for v in variables}
     found: dict[int, str] = {}
-    queue, seen = [("", root)], {id(root)}
+    view = tf.train.TrackableView(root)
+    queue, seen = deque([("", root)]), {id(root)}
     while queue and len(found) < len(wanted):
-        path, node = queue.pop(0)
+        path, node = queue.popleft()
         if id(node) in wanted:
             found.setdefault(id(node), path)
-        for name, child in node._trackable_children(save_type="checkpoint").items():
+        for name, child in view.children(node).items():
             if id(child) not in seen:
                 seen.add(id(child))
                 queue.append((f"{path}/{name}" if path else name, child))
