@@ -48,6 +48,9 @@ def test_every_output_has_its_page(outputs):
         assert "<script" not in page and "<link" not in page
         assert 'src="http' not in page and 'href="http' not in page
         assert page.count("<svg") >= 4
+    # each banner says at which batch sizes the artifact was checked
+    assert (outputs["cnn"] / "report.html").read_text().count(
+        "matches the original at batch 1 and 3") == 4
     summary = (outputs["batch"] / "summary.html").read_text()
     assert 'href="cnn/report.html"' in summary and (outputs["batch"] / "cnn" /
                                                     "report.html").is_file()

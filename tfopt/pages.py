@@ -152,7 +152,12 @@ def verdict(artifact: dict) -> tuple[str, str]:
         return "parity", parity.get("reason") or "outputs differ from the original"
     fallback = f"; converted with the converter's {artifact['fallback']} fallback" \
         if artifact.get("fallback") else ""
-    return "ok", (f"{artifact['precision']}, matches the original (max abs error "
+    batch = artifact.get("batch") or {}
+    sizes = " and ".join(str(b) for b in batch.get("verified", []))
+    batches = f" at batch {sizes}" if sizes else ""
+    if batch.get("limit"):
+        batches += f"; takes batch 1 only ({batch['limit']})"
+    return "ok", (f"{artifact['precision']}, matches the original{batches} (max abs error "
                   f"{parity.get('max_abs_err', 0):.2e}){fallback}")
 
 
