@@ -13,7 +13,7 @@ from tfopt.files import path_bytes, sidecar, tree_digest
 from tfopt.model import Model
 from tfopt.output import write_failure
 from tfopt.report import ArtifactReport
-from tfopt.verify import Check
+from tfopt.verify import Check, batch_size
 
 LARGE_ARTIFACT = 64 << 20  # bytes
 
@@ -67,7 +67,7 @@ def build_and_check(fmt: str, model: Model, path: Path, options: ExportOptions,
                 "which the tf.lite.Interpreter from pip cannot run; run it with the Flex "
                 "delegate (tensorflow-lite-select-tf-ops) or remove those ops"))
         return _failed(report, path, f"{fmt} runtime cannot run the artifact: {first_line(exc)}")
-    report.batch = {"verified": sorted({_batch_size(feed) for feed in check.feeds})}
+    report.batch = {"verified": sorted({batch_size(feed) for feed in check.feeds})}
     batched = None
     if check.batched is not None and exported.batch_limit is None:
         try:
@@ -83,13 +83,6 @@ def build_and_check(fmt: str, model: Model, path: Path, options: ExportOptions,
         gc.collect()
     report.parity = check.verdict(actual, report.precision, batched)
     return report
-
-
-def _batch_size(feed: dict) -> int:
-    """The leading dimension of a feed's first input (1 for a scalar)."""
-    import numpy as np
-
-    return next((int(np.shape(v)[0]) for v in feed.values() if np.ndim(v)), 1)
 
 
 def _failed(report: ArtifactReport, path: Path, error: str) -> ArtifactReport:

@@ -191,16 +191,38 @@ def set_const_value(node, value) -> None:
     node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value))
 
 
-def add_const(graph_def, name: str, value):
-    """Append a Const node holding a numpy value; returns it."""
+def const_node(name: str, value):
+    """A Const NodeDef holding a numpy value, in no graph yet."""
     import tensorflow as tf
+    from tensorflow.core.framework import node_def_pb2
 
-    node = graph_def.node.add()
-    node.name, node.op = name, "Const"
+    node = node_def_pb2.NodeDef(name=name, op="Const")
     tensor = tf.make_tensor_proto(value)
     node.attr["dtype"].type = tensor.dtype
     node.attr["value"].tensor.CopyFrom(tensor)
     return node
+
+
+def add_const(graph_def, name: str, value):
+    """Append a Const node holding a numpy value; returns it."""
+    node = graph_def.node.add()
+    node.CopyFrom(const_node(name, value))
+    return node
+
+
+def forwarded_reads(readers: dict[str, list], name: str,
+                    forwarding: frozenset[str] = FORWARDING_OPS) -> tuple[list, list]:
+    """(the forwarding nodes, the other readers) of a node's output, followed through
+    forwarding ops such as Identity (readers: consumers())."""
+    frontier, forwarders, reads = [name], [], []
+    while frontier:
+        for reader in readers.get(frontier.pop(), ()):
+            if reader.op in forwarding:
+                forwarders.append(reader)
+                frontier.append(reader.name)
+            else:
+                reads.append(reader)
+    return forwarders, reads
 
 
 def constant_bytes(graph_def) -> int:
@@ -321,3 +343,17 @@ def set_aside_kernels(graph_def) -> tuple:
             for r in found)
 
     return without_large_constants(graph_def, KERNEL_ELEMENTS, kernel_readers_only)
+
+
+def hide_shapes(graph_def, names) -> dict:
+    """Make the named Placeholders' dimensions unknown, in place, and return their shape
+    attributes as they were: Grappler (ours, and tf2onnx's run of it) fills a zero tensor
+    for every placeholder of fully known shape, 2 GB and seconds for a 2 GB embedding."""
+    shapes = {}
+    for node in graph_def.node:
+        if node.name in names and node.op == "Placeholder":
+            shapes[node.name] = type(node.attr["shape"])()
+            shapes[node.name].CopyFrom(node.attr["shape"])
+            for dim in node.attr["shape"].shape.dim:
+                dim.size = -1
+    return shapes

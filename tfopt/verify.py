@@ -254,6 +254,11 @@ def noise_floor(reference: Callable[[dict], dict], feeds: list[dict],
     return floor
 
 
+def batch_size(feed: dict) -> int:
+    """The leading dimension of a feed's first input (1 for a scalar)."""
+    return next((int(np.shape(v)[0]) for v in feed.values() if np.ndim(v)), 1)
+
+
 @dataclass
 class Check:
     """The verification every artifact of a run gets: the feeds, the original's outputs on
@@ -274,7 +279,7 @@ class Check:
 
     @property
     def batch_size(self) -> int | None:
-        return None if self.batched is None else len(next(iter(self.batched.values())))
+        return None if self.batched is None else batch_size(self.batched)
 
     def verdict(self, actual: list[dict], precision: str,
                 batched_actual: dict | None = None) -> Parity:

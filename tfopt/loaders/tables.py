@@ -11,24 +11,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from tfopt.graph import FORWARDING_OPS, add_const, consumers, node_name
+from tfopt.graph import FORWARDING_OPS, add_const, consumers, forwarded_reads, node_name
 
 LOOKUPS = frozenset({"LookupTableFindV2", "LookupTableSizeV2"})
 
 
 def _lookups(graph_def: Any, name: str) -> list:
-    """The lookup ops reading a table handle, through identities."""
-    readers = consumers(graph_def)
-    found, frontier = [], [name]
-    while frontier:
-        for reader in readers.get(frontier.pop(), ()):
-            if reader.op in FORWARDING_OPS:
-                frontier.append(reader.name)
-            elif reader.op in LOOKUPS:
-                found.append(reader)
-            else:
-                return []  # read by something else: not a plain lookup table
-    return found
+    """The lookup ops reading a table handle, through identities; none when something
+    else reads it (not a plain lookup table)."""
+    _, reads = forwarded_reads(consumers(graph_def), name)
+    return reads if all(r.op in LOOKUPS for r in reads) else []
 
 
 def freeze_tables(fn: Any, graph_def: Any, extra: list[str]) -> bool:

@@ -19,7 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from tfopt.graph import consumers, inline_constants, rename_node, unique_name
+from tfopt.graph import (
+    add_const,
+    consumers,
+    forwarded_reads,
+    inline_constants,
+    rename_node,
+    unique_name,
+)
 
 LARGE_WEIGHT_BYTES = 256 << 20
 PROTOBUF_LIMIT = (2 << 30) - 1
@@ -82,16 +89,7 @@ def captured_variables(fn: Any) -> dict[str, Any]:
     return found
 
 
-def handle_reads(readers: dict[str, list], handle: str) -> list:
-    """The nodes reading a variable handle's value, through Identity (readers: consumers)."""
-    frontier, reads = [handle], []
-    while frontier:
-        for reader in readers.get(frontier.pop(), ()):
-            if reader.op == "Identity":
-                frontier.append(reader.name)
-            else:
-                reads.append(reader)
-    return reads
+IDENTITY = frozenset({"Identity"})  # what a captured handle passes through when inlined
 
 
 def freeze(fn: Any, large_bytes: int) -> tuple[Any, Any, dict[str, np.ndarray], dict[str, Any]]:
@@ -109,11 +107,12 @@ def freeze(fn: Any, large_bytes: int) -> tuple[Any, Any, dict[str, np.ndarray], 
     graph_def = frozen.graph.as_graph_def()
     readers = consumers(graph_def)
     simple = {h: v for h, v in variables.items()
-              if {r.op for r in handle_reads(readers, h)} <= SIMPLE_READS}
+              if {r.op for r in forwarded_reads(readers, h, IDENTITY)[1]} <= SIMPLE_READS}
     if len(simple) != len(variables):  # let TF fold the others, captured in control flow
         frozen = freeze_keeping(fn, set(simple))
         graph_def = frozen.graph.as_graph_def()
-    values, live = externalize(graph_def, simple)
+        readers = consumers(graph_def)
+    values, live = externalize(graph_def, readers, simple)
     small = {name: value for name, value in values.items() if value.nbytes < large_bytes}
     inline_constants(graph_def, small)
     weights = {name: value for name, value in values.items() if name not in small}
@@ -132,15 +131,12 @@ def freeze_keeping(fn: Any, kept: set[str]) -> Any:
     return c2c._construct_concrete_function(fn, graph_def, converted)
 
 
-def externalize(graph_def: Any, handles: dict[str, Any]) -> tuple[dict[str, np.ndarray],
-                                                                   dict[str, Any]]:
+def externalize(graph_def: Any, readers: dict[str, list], handles: dict[str, Any]
+                ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Turn each kept variable's handle Placeholder (in place) into a float Placeholder named
-    after the variable; returns the values (views of the variables' buffers) and the
-    variables themselves by new name."""
-    import tensorflow as tf
-
+    after the variable (readers: the graph's consumers()); returns the values (views of the
+    variables' buffers) and the variables themselves by new name."""
     nodes = {n.name: n for n in graph_def.node}
-    readers = consumers(graph_def)
     taken = set(nodes)
     values, variables = {}, {}
     for handle, variable in handles.items():
@@ -148,13 +144,10 @@ def externalize(graph_def: Any, handles: dict[str, Any]) -> tuple[dict[str, np.n
         if node is None:
             continue
         dtype = variable.dtype.as_datatype_enum
-        frontier = [node.name]
-        while frontier:  # the Identity ops forwarding the handle forward the value now
-            for reader in readers.get(frontier.pop(), ()):
-                if reader.op == "Identity":
-                    reader.attr["T"].type = dtype
-                    frontier.append(reader.name)
-        for read in handle_reads(readers, node.name):
+        forwarders, reads = forwarded_reads(readers, node.name, IDENTITY)
+        for forwarder in forwarders:  # they forward the value now, not the handle
+            forwarder.attr["T"].type = dtype
+        for read in reads:
             if read.op == "ReadVariableOp":
                 read.op = "Identity"
                 read.attr.clear()
@@ -162,17 +155,15 @@ def externalize(graph_def: Any, handles: dict[str, Any]) -> tuple[dict[str, np.n
             else:  # ResourceGather(handle, indices) -> GatherV2(params, indices, axis 0)
                 batch_dims = read.attr["batch_dims"].i
                 indices = read.attr["Tindices"].type
-                axis = graph_def.node.add(name=unique_name(f"{read.name}/axis", taken),
-                                          op="Const")
+                axis = add_const(graph_def, unique_name(f"{read.name}/axis", taken),
+                                 np.int32(batch_dims))
                 taken.add(axis.name)
-                axis.attr["dtype"].type = tf.int32.as_datatype_enum
-                axis.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(np.int32(batch_dims)))
                 read.op = "GatherV2"
                 read.attr.clear()
                 read.input.insert(2, axis.name)
                 read.attr["Tparams"].type = dtype
                 read.attr["Tindices"].type = indices
-                read.attr["Taxis"].type = tf.int32.as_datatype_enum
+                read.attr["Taxis"].type = axis.attr["dtype"].type
                 read.attr["batch_dims"].i = batch_dims
         name = unique_name(variable.name.split(":")[0], taken - {node.name})
         node.attr.clear()

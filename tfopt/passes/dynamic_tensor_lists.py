@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfopt.graph import const_value, node_name, unique_name
+from tfopt.graph import const_node, const_value, node_name, unique_name
 from tfopt.passes.base import PassContext, PassLog, register
 from tfopt.passes.pattern import (
     CONST,
@@ -53,9 +53,9 @@ def _batch_nodes(source_node, dtype, taken: set[str]) -> list:
         return made
 
     def const(name: str, value: list[int]):
-        made = node("Const", name, [])
-        made.attr["dtype"].type = int_type
-        made.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(np.array(value, dtype)))
+        made = const_node(unique_name(name, taken), np.array(value, dtype))
+        taken.add(made.name)
+        nodes.append(made)
         return made.name
 
     shape_node = node("Shape", f"{source}/tfopt_batch/shape", [source])
@@ -98,19 +98,16 @@ def dynamic_tensor_lists(graph_def, ctx: PassContext, log: PassLog):
         if dtype not in added:
             nodes = _batch_nodes(view.nodes[source], dtype, taken)
             added[dtype] = nodes[-1].name
-        rest = type(listed)(name=unique_name(f"{listed.name}/element_dims", taken), op="Const")
-        rest.attr["dtype"].type = listed.attr["shape_type"].type
-        rest.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(shape[1:].astype(dtype)))
-        axis = type(listed)(name=unique_name(f"{listed.name}/element_axis", taken | {rest.name}),
-                            op="Const")
-        axis.attr["dtype"].type = tf.int32.as_datatype_enum
-        axis.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(np.int32(0)))
-        concat = type(listed)(name=unique_name(f"{listed.name}/element_shape",
-                                               taken | {rest.name, axis.name}),
+        rest = const_node(unique_name(f"{listed.name}/element_dims", taken),
+                          shape[1:].astype(dtype))
+        taken.add(rest.name)
+        axis = const_node(unique_name(f"{listed.name}/element_axis", taken), np.int32(0))
+        taken.add(axis.name)
+        concat = type(listed)(name=unique_name(f"{listed.name}/element_shape", taken),
                               op="ConcatV2", input=[added[dtype], rest.name, axis.name])
         concat.attr["T"].CopyFrom(listed.attr["shape_type"])
         concat.attr["N"].i = 2
-        concat.attr["Tidx"].type = tf.int32.as_datatype_enum
+        concat.attr["Tidx"].CopyFrom(axis.attr["dtype"])
         new = type(listed)()
         new.CopyFrom(listed)
         new.input[0] = concat.name

@@ -7,7 +7,14 @@ from __future__ import annotations
 from collections import Counter
 
 from tfopt.categories import IDENTITY_OPS
-from tfopt.graph import copy_graph, op_histogram, rename_node, set_aside_kernels, unique_name
+from tfopt.graph import (
+    copy_graph,
+    hide_shapes,
+    op_histogram,
+    rename_node,
+    set_aside_kernels,
+    unique_name,
+)
 from tfopt.passes.base import PassContext, PassLog, register
 
 # no "arithmetic": its AddOpsRewrite merges batch-norm shifts into residual AddN nodes,
@@ -35,20 +42,6 @@ def optimize(graph_def, fetch: list[str], optimizers: list[str]):
     return tf_optimizer.OptimizeGraph(config, meta_graph)
 
 
-def _hide_shapes(graph_def, weights: frozenset[str]) -> dict:
-    """Give external weights an unknown shape (in place on graph_def, a copy the pass owns)
-    and return theirs: Grappler fills a zero tensor for every placeholder of known shape,
-    which for a 2 GB embedding costs 2 GB and seconds."""
-    shapes = {}
-    for node in graph_def.node:
-        if node.name in weights and node.op == "Placeholder":
-            shapes[node.name] = type(node.attr["shape"])()
-            shapes[node.name].CopyFrom(node.attr["shape"])
-            node.attr["shape"].shape.unknown_rank = True
-            del node.attr["shape"].shape.dim[:]
-    return shapes
-
-
 CALLS = frozenset({"PartitionedCall", "StatefulPartitionedCall"})
 
 
@@ -74,11 +67,9 @@ def isolate_calls(graph_def, protected: frozenset[str]):
 
 @register("grappler")
 def grappler(graph_def, ctx: PassContext, log: PassLog):
-    isolated = isolate_calls(graph_def, ctx.protected)
-    if ctx.weights and isolated is graph_def:
-        isolated = copy_graph(graph_def)
-    shapes = _hide_shapes(isolated, ctx.weights)
-    lifted, kernels = set_aside_kernels(isolated)  # its copies of kernels cost gigabytes
+    # a copy with the kernels as placeholders (Grappler's copies of them cost gigabytes)
+    lifted, kernels = set_aside_kernels(isolate_calls(graph_def, ctx.protected))
+    shapes = hide_shapes(lifted, ctx.weights)
     out = optimize(lifted, list(ctx.inputs + ctx.outputs) + sorted(ctx.weights)
                    + sorted(kernels), OPTIMIZERS)
     del lifted

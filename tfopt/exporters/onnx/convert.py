@@ -6,7 +6,7 @@ import functools
 from typing import Any
 
 from tfopt.errors import ConversionError, first_line
-from tfopt.graph import const_value, set_aside_kernels
+from tfopt.graph import const_value, hide_shapes, set_aside_kernels
 from tfopt.model import Model
 
 # handled by tf2onnx itself, not through an op handler
@@ -146,12 +146,17 @@ def attach_kernels(proto: Any, kernels: dict[str, Any]) -> Any:
         dropped.add(id(node))
     graph.replace({}, dropped)
     used = {name for node in proto.graph.node for name in node.input}
-    kept = [i for i in proto.graph.input if i.name not in kernels]
-    del proto.graph.input[:]
-    proto.graph.input.extend(kept)
+    _drop_inputs(proto, kernels)
     proto.graph.initializer.extend(numpy_helper.from_array(value, name)
                                    for name, value in values.items() if name in used)
     return proto
+
+
+def _drop_inputs(proto: Any, names: Any) -> None:
+    """Remove these graph inputs (weights tf2onnx saw as inputs, now initializers)."""
+    kept = [i for i in proto.graph.input if i.name not in names]
+    del proto.graph.input[:]
+    proto.graph.input.extend(kept)
 
 
 def to_onnx(model: Model, opset: int) -> Any:
@@ -166,10 +171,7 @@ def to_onnx(model: Model, opset: int) -> Any:
     # until saved
     graph_def, kernels = set_aside_kernels(model.graph_def)
     weights = {f"{name}:0": name for name in list(model.weights) + list(kernels)}
-    for node in graph_def.node:  # tf2onnx's Grappler fills a zero tensor per known shape
-        if node.name in model.weights:
-            for dim in node.attr["shape"].shape.dim:
-                dim.size = -1
+    hide_shapes(graph_def, model.weights)  # in set_aside_kernels' copy
     try:
         with deprecation.silence():  # tf2onnx calls TF1 APIs that log a warning each
             proto, _ = tf2onnx.convert.from_graph_def(
@@ -207,9 +209,7 @@ def save(proto: Any, path: Any, weights: dict[str, Any]) -> None:
     if not weights:
         onnx.save(proto, str(path))
         return
-    kept = [i for i in proto.graph.input if i.name not in weights]
-    del proto.graph.input[:]
-    proto.graph.input.extend(kept)
+    _drop_inputs(proto, weights)
     used = {name for node in proto.graph.node for name in node.input}
     offset = 0
     with open(sidecar(path), "wb") as data:
