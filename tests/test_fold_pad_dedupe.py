@@ -82,6 +82,22 @@ def test_dedupe_merges_identical_constants_and_nodes():
     np.testing.assert_allclose(run_graph(after, feed, "y:0"), run_graph(before, feed, "y:0"))
 
 
+def test_dedupe_compares_constants_by_value_not_by_encoding():
+    def graph():
+        x = tf.compat.v1.placeholder(tf.int32, [], name="x")
+        tf.identity(x + tf.constant(12) + tf.constant(12) + tf.constant(13), name="y")
+
+    before = build(graph)
+    consts = [n for n in before.node if n.op == "Const"]
+    # TF writes a scalar as int_val; a folder may write the same number as tensor_content
+    consts[1].attr["value"].tensor.ClearField("int_val")
+    consts[1].attr["value"].tensor.tensor_content = np.int32(12).tobytes()
+    after, log = run_pass("dedupe", before)
+    assert [n.op for n in after.node].count("Const") == 2 and log.removed["duplicates"] == 1
+    feed = {"x:0": np.int32(1)}
+    assert run_graph(after, feed, "y:0") == run_graph(before, feed, "y:0") == 38
+
+
 def test_dedupe_never_merges_random_ops():
     def graph():
         x = tf.compat.v1.placeholder(tf.float32, [2], name="x")

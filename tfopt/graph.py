@@ -4,6 +4,7 @@ Everything here is linear in the graph size; passes build on it.
 """
 from __future__ import annotations
 
+import functools
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 
@@ -52,6 +53,16 @@ FORWARDING_OPS = frozenset({"Identity", "RefIdentity", "Snapshot", "StopGradient
 
 FLOAT_TYPES = frozenset({1, 2, 14, 19})  # DataType enums: float32, float64, bfloat16, float16
 NORM_OPS = frozenset({"FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3"})
+
+
+@functools.cache
+def is_stateful(op: str) -> bool:
+    """Whether an op is stateful (random, variables, I/O); unregistered ops, function
+    calls among them, count as stateful."""
+    from tensorflow.python.framework import op_def_registry
+
+    op_def = op_def_registry.get(op)
+    return op_def is None or op_def.is_stateful
 
 
 def copy_graph(graph_def):

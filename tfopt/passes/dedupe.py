@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import hashlib
 
-from tfopt.graph import empty_like, is_control, node_name, topological_order
+from tfopt.graph import (
+    const_value,
+    empty_like,
+    is_control,
+    is_stateful,
+    node_name,
+    topological_order,
+)
 from tfopt.passes.base import PassContext, PassLog, register
 
-
-def _stateful(op: str, cache: dict) -> bool:
-    from tensorflow.python.framework import op_def_registry
-
-    if op not in cache:
-        op_def = op_def_registry.get(op)
-        cache[op] = op_def is None or op_def.is_stateful
-    return cache[op]
+STRING = 7  # DataType enum
 
 
 def _key(node, inputs: list[str]) -> bytes:
@@ -27,8 +27,14 @@ def _key(node, inputs: list[str]) -> bytes:
     for ref in inputs:
         digest.update(b"\0" + ref.encode())
     for name in sorted(node.attr):
-        if name != "_output_shapes":
-            digest.update(b"\1" + name.encode())
+        if name == "_output_shapes":
+            continue
+        digest.update(b"\1" + name.encode())
+        if name == "value" and node.op == "Const" and node.attr["dtype"].type != STRING:
+            # by value: one number may be written as int_val or as tensor_content
+            value = const_value(node)
+            digest.update(f"{value.dtype.str}{value.shape}".encode() + value.tobytes())
+        else:
             digest.update(node.attr[name].SerializeToString(deterministic=True))
     digest.update(node.device.encode())
     return digest.digest()
@@ -39,7 +45,6 @@ def dedupe(graph_def, ctx: PassContext, log: PassLog):
     merged: dict[str, str] = {}  # duplicate -> the node kept
     seen: dict[bytes, str] = {}
     seen_stateful: dict[bytes, str] = {}
-    stateful: dict[str, bool] = {}
 
     def remap(ref: str) -> str:
         control = is_control(ref)
@@ -55,7 +60,7 @@ def dedupe(graph_def, ctx: PassContext, log: PassLog):
         inputs = [remap(r) for r in node.input]
         data = [r for r in inputs if not is_control(r)]
         key = _key(node, data + sorted(r for r in inputs if is_control(r)))
-        if _stateful(node.op, stateful):
+        if is_stateful(node.op):
             if key in seen_stateful:
                 log.skip(node.name, f"identical to {seen_stateful[key]}, but {node.op} is "
                          "stateful: merging would change how often it runs")
