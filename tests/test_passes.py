@@ -1,12 +1,16 @@
 """Each pass alone, on tiny hand-built graphs."""
 from __future__ import annotations
 
+import gc
+
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tfopt.graph import bypass_nodes
 from tfopt.model import Model, TensorSpec
 from tfopt.passes import REGISTRY, PassContext, PassLog, run_pipeline
+from tfopt.resources import older_objects_frozen
 
 
 def build(fn):
@@ -115,3 +119,24 @@ def test_pipeline_reports_every_pass():
     assert [r.name for r in reports] == ["strip_training", "prune", "grappler"]
     assert reports[0].nodes_before == len(graph_def.node)
     assert reports[-1].nodes_after == len(out.graph_def.node) < len(graph_def.node)
+
+
+def test_older_objects_frozen_nests_and_leaves_the_collector_as_it_was():
+    assert gc.get_freeze_count() == 0
+    with older_objects_frozen():
+        frozen = gc.get_freeze_count()
+        with older_objects_frozen():
+            pass
+        assert gc.get_freeze_count() == frozen > 0  # the inner exit unfreezes nothing
+    assert gc.get_freeze_count() == 0
+    with pytest.raises(ValueError), older_objects_frozen():
+        raise ValueError
+    assert gc.get_freeze_count() == 0
+    gc.freeze()  # a process that froze its own objects keeps them frozen
+    try:
+        kept = gc.get_freeze_count()
+        with older_objects_frozen():
+            pass
+        assert gc.get_freeze_count() == kept
+    finally:
+        gc.unfreeze()

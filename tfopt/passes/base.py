@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from tfopt.model import Model
+from tfopt.resources import older_objects_frozen
 
 
 @dataclass(frozen=True)
@@ -75,11 +76,12 @@ def run_pipeline(model: Model, names: Sequence[str], values: Mapping[str, np.nda
                       dict(values or {}), frozenset(model.weights))
     reports = []
     graph_def = model.graph_def
-    for name in names:
-        log = PassLog()
-        start, before = time.perf_counter(), len(graph_def.node)
-        graph_def = REGISTRY[name](graph_def, ctx, log)
-        reports.append(PassReport(name, round(time.perf_counter() - start, 4), before,
-                                  len(graph_def.node), log.changes, log.skipped,
-                                  dict(log.removed)))
+    with older_objects_frozen():
+        for name in names:
+            log = PassLog()
+            start, before = time.perf_counter(), len(graph_def.node)
+            graph_def = REGISTRY[name](graph_def, ctx, log)
+            reports.append(PassReport(name, round(time.perf_counter() - start, 4), before,
+                                      len(graph_def.node), log.changes, log.skipped,
+                                      dict(log.removed)))
     return model.with_graph(graph_def), reports
