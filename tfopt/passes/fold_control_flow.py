@@ -57,6 +57,9 @@ def constant_bool(ref: str, nodes: dict, alias: dict) -> bool | None:
 
 @register("fold_control_flow")
 def fold_control_flow(graph_def, ctx: PassContext, log: PassLog):
+    # deadness starts only at a Switch; without one or an If there is nothing to fold
+    if not any(n.op in SWITCH or n.op in IF for n in graph_def.node):
+        return graph_def
     nodes = {n.name: n for n in graph_def.node}
     alias: dict[str, str] = {}  # tensor -> the tensor that replaces it
     control_alias: dict[str, str] = {}  # removed Switch/Merge -> node to order after instead

@@ -166,6 +166,10 @@ def replace_matching(graph_def: Any, patterns: Iterable[OpTypePattern], rewrite:
     changed.
     """
     patterns = tuple(patterns)
+    roots = None if any(p.op == "*" for p in patterns) else \
+        frozenset(op for p in patterns for op in p.op.split("|"))
+    if roots is not None and not any(n.op in roots for n in graph_def.node):
+        return graph_def
     keep = set(keep)
     out = copy_graph(graph_def)
     view = GraphView(out)
@@ -173,7 +177,8 @@ def replace_matching(graph_def: Any, patterns: Iterable[OpTypePattern], rewrite:
     changed = False
     for name in [n.name for n in topological_order(out)]:
         node = view.nodes.get(name)
-        if node is None or name in bypass or (within is not None and name not in within):
+        if node is None or name in bypass or (within is not None and name not in within) \
+                or (roots is not None and node.op not in roots):
             continue
         found = next((m for m in (match(p, node, view.nodes) for p in patterns) if m), None)
         if found is None:
