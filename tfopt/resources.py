@@ -35,26 +35,30 @@ def process_peak_mb() -> float:
 
 _frozen_depth = 0
 _froze = False
+_frozen_lock = threading.Lock()
 
 
 @contextlib.contextmanager
 def older_objects_frozen() -> Iterator[None]:
     """Let the garbage collector skip every object that exists on entry: TF's own hundreds
     of thousands would otherwise be traversed again by each full collection, which made
-    building a name -> node dict of a 100k-node graph ten times slower per node. Nests;
-    leaves a process that froze objects itself (gc.freeze before a fork) as it was."""
+    building a name -> node dict of a 100k-node graph ten times slower per node. Nests, also
+    across threads; leaves a process that froze objects itself (gc.freeze before a fork) as
+    it was."""
     global _frozen_depth, _froze
-    if _frozen_depth == 0:
-        _froze = gc.get_freeze_count() == 0
-        if _froze:
-            gc.freeze()
-    _frozen_depth += 1
+    with _frozen_lock:
+        if _frozen_depth == 0:
+            _froze = gc.get_freeze_count() == 0
+            if _froze:
+                gc.freeze()
+        _frozen_depth += 1
     try:
         yield
     finally:
-        _frozen_depth -= 1
-        if _frozen_depth == 0 and _froze:
-            gc.unfreeze()
+        with _frozen_lock:
+            _frozen_depth -= 1
+            if _frozen_depth == 0 and _froze:
+                gc.unfreeze()
 
 
 class Stages:
