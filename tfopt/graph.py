@@ -85,19 +85,21 @@ def empty_like(graph_def):
     return out
 
 
-def topological_order(graph_def) -> list:
+def topological_order(graph_def, nodes: dict | None = None, readers: dict | None = None
+                      ) -> list:
     """Nodes with every producer before its readers (Kahn's algorithm, linear time).
 
     Loop back edges (inputs from NextIteration) are ignored, so v1 while loops sort too.
+    nodes (name -> node) and readers (consumers()) may be given when the caller has them.
     """
-    nodes = {n.name: n for n in graph_def.node}
+    nodes = {n.name: n for n in graph_def.node} if nodes is None else nodes
 
     def producers(node) -> set[str]:
         return {node_name(r) for r in node.input if node_name(r) in nodes
                 and nodes[node_name(r)].op not in ("NextIteration", "RefNextIteration")}
 
     pending = {n.name: len(producers(n)) for n in graph_def.node}
-    readers = consumers(graph_def)
+    readers = consumers(graph_def) if readers is None else readers
     ready = [n for n in graph_def.node if pending[n.name] == 0]
     order = []
     while ready:
@@ -344,9 +346,11 @@ KERNEL_ELEMENTS = 4096
 def set_aside_kernels(graph_def) -> tuple:
     """without_large_constants for the float Consts of at least KERNEL_ELEMENTS that only
     KERNEL_READERS read (through Identity; control edges read no value)."""
-    readers = consumers(graph_def)
+    readers: dict[str, list] = {}  # built for the first large constant
 
     def kernel_readers_only(name: str) -> bool:
+        if not readers:
+            readers.update(consumers(graph_def))
         found = [r for r in readers.get(name, [])
                  if any(node_name(i) == name and not is_control(i) for i in r.input)]
         return bool(found) and all(

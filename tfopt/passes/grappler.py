@@ -56,6 +56,8 @@ def isolate_calls(graph_def, protected: frozenset[str]):
     The inliner names a body node `<call>/<node>`; a clash with an existing name aborts the
     process (a CHECK failure in GraphView), as tf.cond v2's `cond/Identity` outputs cause.
     """
+    if not any(n.op in CALLS for n in graph_def.node):
+        return graph_def
     names = {n.name for n in graph_def.node}
     prefixes = {name.rsplit("/", i)[0] for name in names for i in range(1, name.count("/") + 1)}
     clashing = [n.name for n in graph_def.node if n.op in CALLS and n.name in prefixes
