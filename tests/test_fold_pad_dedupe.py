@@ -7,7 +7,8 @@ import tensorflow as tf
 from test_passes import build, run_graph
 
 from tfopt.passes import REGISTRY, PassContext, PassLog
-from tfopt.passes.fold_pad import same_pads
+from tfopt.passes.fold_pad import PATTERN, same_pads
+from tfopt.passes.pattern import OpTypePattern, can_match
 
 RNG = np.random.default_rng(0)
 X = RNG.standard_normal((1, 10, 10, 3)).astype(np.float32)
@@ -57,6 +58,12 @@ def test_pad_that_cannot_fold_is_skipped_with_its_reason(kwargs, reason):
     before = padded_conv([[0, 0], [1, 1], [1, 1], [0, 0]], **kwargs)
     after, log = run_pass("fold_pad", before)
     assert after is before and reason in log.skipped[0]["reason"]
+
+
+def test_replace_matching_tries_only_patterns_whose_ops_the_graph_has():
+    assert can_match(PATTERN, {"Conv2D", "PadV2", "Const", "Placeholder"})
+    assert not can_match(PATTERN, {"Conv2D", "Const", "Placeholder"})  # no pad: skipped
+    assert can_match(OpTypePattern("*"), set())
 
 
 def test_same_pads_match_tensorflow():

@@ -90,6 +90,12 @@ def _match(pattern: OpTypePattern, node: Any, nodes: Mapping[str, Any], found: d
     return False
 
 
+def can_match(pattern: OpTypePattern, ops: set[str]) -> bool:
+    """Whether every op the pattern names is among the graph's ops."""
+    return (pattern.op == "*" or any(op in ops for op in pattern.op.split("|"))) and all(
+        can_match(p, ops) for p in pattern.inputs)
+
+
 @dataclass(frozen=True)
 class Skip:
     """A match the callback declines, and why (it lands in the pass's report)."""
@@ -165,17 +171,18 @@ def replace_matching(graph_def: Any, patterns: Iterable[OpTypePattern], rewrite:
     in this set are matched (e.g. the inference path). Returns graph_def itself when nothing
     changed.
     """
+    present = {n.op for n in graph_def.node}
     patterns = tuple(patterns)
+    if not any(can_match(p, present) for p in patterns):
+        return graph_def  # nothing can change; once one matches, a rewrite may add ops
     roots = None if any(p.op == "*" for p in patterns) else \
         frozenset(op for p in patterns for op in p.op.split("|"))
-    if roots is not None and not any(n.op in roots for n in graph_def.node):
-        return graph_def
     keep = set(keep)
     out = copy_graph(graph_def)
     view = GraphView(out)
     bypass: dict[str, str] = {}
     changed = False
-    for name in [n.name for n in topological_order(out)]:
+    for name in [n.name for n in topological_order(out, view.nodes, view.readers)]:
         node = view.nodes.get(name)
         if node is None or name in bypass or (within is not None and name not in within) \
                 or (roots is not None and node.op not in roots):
