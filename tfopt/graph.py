@@ -85,31 +85,36 @@ def empty_like(graph_def):
     return out
 
 
-def topological_order(graph_def, nodes: dict | None = None, readers: dict | None = None
-                      ) -> list:
+def topological_order(graph_def) -> list:
     """Nodes with every producer before its readers (Kahn's algorithm, linear time).
 
-    Loop back edges (inputs from NextIteration) are ignored, so v1 while loops sort too.
-    nodes (name -> node) and readers (consumers()) may be given when the caller has them.
+    Loop back edges (inputs from NextIteration) are ignored, so v1 while loops sort too. A
+    graph already in order (as TF and Grappler write them) comes back as it is.
     """
-    nodes = {n.name: n for n in graph_def.node} if nodes is None else nodes
-
-    def producers(node) -> set[str]:
-        return {node_name(r) for r in node.input if node_name(r) in nodes
-                and nodes[node_name(r)].op not in ("NextIteration", "RefNextIteration")}
-
-    pending = {n.name: len(producers(n)) for n in graph_def.node}
-    readers = consumers(graph_def) if readers is None else readers
-    ready = [n for n in graph_def.node if pending[n.name] == 0]
+    nodes = list(graph_def.node)
+    index = {n.name: i for i, n in enumerate(nodes)}
+    back = {i for i, n in enumerate(nodes) if n.op in ("NextIteration", "RefNextIteration")}
+    pending = [0] * len(nodes)
+    readers: list[list[int]] = [[] for _ in nodes]
+    in_order = True
+    for i, node in enumerate(nodes):
+        producers = {index[s] for s in map(node_name, node.input) if s in index}
+        in_order = in_order and all(j < i for j in producers)
+        pending[i] = len(producers - back)
+        for j in producers:
+            readers[j].append(i)
+    if in_order:
+        return nodes
+    ready = [i for i, count in enumerate(pending) if count == 0]
     order = []
     while ready:
-        node = ready.pop()
-        order.append(node)
-        if node.op in ("NextIteration", "RefNextIteration"):
+        i = ready.pop()
+        order.append(nodes[i])
+        if i in back:
             continue
-        for reader in {r.name: r for r in readers.get(node.name, [])}.values():
-            pending[reader.name] -= 1
-            if pending[reader.name] == 0:
+        for reader in readers[i]:
+            pending[reader] -= 1
+            if pending[reader] == 0:
                 ready.append(reader)
     return order
 
@@ -306,21 +311,23 @@ def without_large_constants(graph_def, min_elements: int,
     copying the weights."""
     import math
 
-    out = type(graph_def)()
-    out.versions.CopyFrom(graph_def.versions)
-    out.library.CopyFrom(graph_def.library)
-    found = {}
-    for node in graph_def.node:
-        tensor = node.attr["value"].tensor if node.op == "Const" else None
-        if tensor is not None and tensor.dtype in FLOAT_TYPES and \
-                math.prod(d.size for d in tensor.tensor_shape.dim) >= min_elements and \
-                chosen(node.name):
-            found[node.name] = node
-            placeholder = out.node.add(name=node.name, op="Placeholder", device=node.device)
-            placeholder.attr["dtype"].type = tensor.dtype
-            placeholder.attr["shape"].shape.CopyFrom(tensor.tensor_shape)
-        else:
-            out.node.add().CopyFrom(node)
+    nodes = graph_def.node
+    large = [i for i, node in enumerate(nodes) if node.op == "Const"
+             and node.attr["value"].tensor.dtype in FLOAT_TYPES
+             and math.prod(d.size for d in node.attr["value"].tensor.tensor_shape.dim)
+             >= min_elements and chosen(node.name)]
+    out, found = empty_like(graph_def), {}
+    start = 0
+    for i in large:  # the nodes between large constants are copied in bulk
+        out.node.extend(nodes[start:i])
+        tensor = nodes[i].attr["value"].tensor
+        found[nodes[i].name] = nodes[i]
+        placeholder = out.node.add(name=nodes[i].name, op="Placeholder",
+                                   device=nodes[i].device)
+        placeholder.attr["dtype"].type = tensor.dtype
+        placeholder.attr["shape"].shape.CopyFrom(tensor.tensor_shape)
+        start = i + 1
+    out.node.extend(nodes[start:])
     return out, found
 
 

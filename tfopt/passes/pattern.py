@@ -182,7 +182,7 @@ def replace_matching(graph_def: Any, patterns: Iterable[OpTypePattern], rewrite:
     view = GraphView(out)
     bypass: dict[str, str] = {}
     changed = False
-    for name in [n.name for n in topological_order(out, view.nodes, view.readers)]:
+    for name in [n.name for n in topological_order(out)]:
         node = view.nodes.get(name)
         if node is None or name in bypass or (within is not None and name not in within) \
                 or (roots is not None and node.op not in roots):
