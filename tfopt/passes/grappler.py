@@ -16,6 +16,7 @@ from tfopt.graph import (
     unique_name,
 )
 from tfopt.passes.base import PassContext, PassLog, register
+from tfopt.passes.pieces import optimize_in_pieces
 
 # no "arithmetic": its AddOpsRewrite merges batch-norm shifts into residual AddN nodes,
 # which keeps fold_scale_shift from folding them
@@ -23,7 +24,6 @@ OPTIMIZERS = ["function", "constfold", "shape", "dependency"]
 
 
 def optimize(graph_def, fetch: list[str], optimizers: list[str]):
-    import tensorflow as tf
     from tensorflow.core.protobuf import config_pb2, meta_graph_pb2, rewriter_config_pb2
     from tensorflow.python.grappler import tf_optimizer
 
@@ -39,11 +39,9 @@ def optimize(graph_def, fetch: list[str], optimizers: list[str]):
     rewrite.meta_optimizer_iterations = rewriter_config_pb2.RewriterConfig.ONE
     rewrite.experimental_disable_folding_quantization_emulation = True
     config.graph_options.infer_shapes = True
-    with tf.Graph().as_default():  # export_meta_graph refuses to run eagerly
-        meta_graph = tf.compat.v1.train.export_meta_graph(graph_def=graph_def)
-    fetches = meta_graph_pb2.CollectionDef()
-    fetches.node_list.value.extend(fetch)
-    meta_graph.collection_def["train_op"].CopyFrom(fetches)
+    # the graph alone: export_meta_graph's op list, another pass over every node, is unused
+    meta_graph = meta_graph_pb2.MetaGraphDef(graph_def=graph_def)
+    meta_graph.collection_def["train_op"].node_list.value.extend(fetch)
     return tf_optimizer.OptimizeGraph(config, meta_graph)
 
 
@@ -77,8 +75,9 @@ def grappler(graph_def, ctx: PassContext, log: PassLog):
     # a copy with the kernels as placeholders (Grappler's copies of them cost gigabytes)
     lifted, kernels = set_aside_kernels(isolate_calls(graph_def, ctx.protected))
     shapes = hide_shapes(lifted, ctx.weights)
-    out = optimize(lifted, list(ctx.inputs + ctx.outputs) + sorted(ctx.weights)
-                   + sorted(kernels), OPTIMIZERS)
+    out = optimize_in_pieces(lifted, list(ctx.inputs + ctx.outputs) + sorted(ctx.weights)
+                             + sorted(kernels),
+                             lambda graph, fetch: optimize(graph, fetch, OPTIMIZERS), log)
     del lifted
     for node in out.node:
         if node.name in shapes:
