@@ -92,19 +92,22 @@ def topological_order(graph_def) -> list:
     graph already in order (as TF and Grappler write them) comes back as it is.
     """
     nodes = list(graph_def.node)
+    seen: set[str] = set()
+    for node in nodes:  # the common case, checked first: already in order
+        if not all(node_name(ref) in seen for ref in node.input):
+            break
+        seen.add(node.name)
+    else:
+        return nodes
     index = {n.name: i for i, n in enumerate(nodes)}
     back = {i for i, n in enumerate(nodes) if n.op in ("NextIteration", "RefNextIteration")}
     pending = [0] * len(nodes)
     readers: list[list[int]] = [[] for _ in nodes]
-    in_order = True
     for i, node in enumerate(nodes):
         producers = {index[s] for s in map(node_name, node.input) if s in index}
-        in_order = in_order and all(j < i for j in producers)
         pending[i] = len(producers - back)
         for j in producers:
             readers[j].append(i)
-    if in_order:
-        return nodes
     ready = [i for i, count in enumerate(pending) if count == 0]
     order = []
     while ready:
