@@ -42,7 +42,9 @@ def reachable(graph_def, roots: Iterable[str]) -> set[str]:
         if name in seen:
             continue
         seen.add(name)
-        stack.extend(node_name(ref) for ref in by_name[name].input if node_name(ref) in by_name)
+        for source in map(node_name, by_name[name].input):
+            if source in by_name and source not in seen:
+                stack.append(source)
     return seen
 
 

@@ -31,9 +31,12 @@ def _key(node, inputs: list[str]) -> bytes:
             continue
         digest.update(b"\1" + name.encode())
         if name == "value" and node.op == "Const" and node.attr["dtype"].type != STRING:
-            # by value: one number may be written as int_val or as tensor_content
-            value = const_value(node)
-            digest.update(f"{value.dtype.str}{value.shape}".encode() + value.tobytes())
+            # by value: one number may be written as int_val or as tensor_content (the
+            # array's own little-endian bytes, so used as they are)
+            tensor = node.attr["value"].tensor
+            dims = [d.size for d in tensor.tensor_shape.dim]
+            digest.update(f"{tensor.dtype}{dims}".encode())
+            digest.update(tensor.tensor_content or const_value(node).tobytes())
         else:
             digest.update(node.attr[name].SerializeToString(deterministic=True))
     digest.update(node.device.encode())

@@ -31,9 +31,11 @@ def _category(node) -> str | None:
 
 @register("strip_training")
 def strip_training(graph_def, ctx: PassContext, log: PassLog):
-    readers = consumers(graph_def)
     candidates = {n.name: n for n in graph_def.node
                   if _category(n) and n.name not in ctx.protected}
+    if not candidates:
+        return graph_def
+    readers = consumers(graph_def)
     # a sink stays while a node we keep reads its data; iterate to a fixpoint
     sinks = {name for name, n in candidates.items() if n.op not in DEBUG_PASSTHROUGH_OPS}
     changed = True
