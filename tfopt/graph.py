@@ -309,7 +309,8 @@ def rename_functions(graph_def, suffix: str):
 
 
 def without_large_constants(graph_def, min_elements: int,
-                            chosen: Callable[[str], bool] = lambda name: True) -> tuple:
+                            chosen: Callable[[str], bool] = lambda name: True,
+                            copy: bool = True) -> tuple:
     """A copy of the graph in which each float Const of at least min_elements (that chosen
     accepts) is a Placeholder of the same dtype and shape, and those Const nodes by name:
     for TF work that needs shapes, not weights (Grappler, shape inference), without
@@ -321,6 +322,8 @@ def without_large_constants(graph_def, min_elements: int,
              and node.attr["value"].tensor.dtype in FLOAT_TYPES
              and math.prod(d.size for d in node.attr["value"].tensor.tensor_shape.dim)
              >= min_elements and chosen(node.name)]
+    if not large and not copy:
+        return graph_def, {}
     out, found = empty_like(graph_def), {}
     start = 0
     for i in large:  # the nodes between large constants are copied in bulk
@@ -355,9 +358,10 @@ KERNEL_READERS = frozenset({"Conv2D", "Conv3D", "DepthwiseConv2dNative", "MatMul
 KERNEL_ELEMENTS = 4096
 
 
-def set_aside_kernels(graph_def) -> tuple:
+def set_aside_kernels(graph_def, copy: bool = True) -> tuple:
     """without_large_constants for the float Consts of at least KERNEL_ELEMENTS that only
-    KERNEL_READERS read (through Identity; control edges read no value)."""
+    KERNEL_READERS read (through Identity; control edges read no value). copy=False: the
+    graph itself when there is none (for a caller that changes nothing in it)."""
     readers: dict[str, list] = {}  # built for the first large constant
 
     def kernel_readers_only(name: str) -> bool:
@@ -369,7 +373,7 @@ def set_aside_kernels(graph_def) -> tuple:
             kernel_readers_only(r.name) if r.op == "Identity" else r.op in KERNEL_READERS
             for r in found)
 
-    return without_large_constants(graph_def, KERNEL_ELEMENTS, kernel_readers_only)
+    return without_large_constants(graph_def, KERNEL_ELEMENTS, kernel_readers_only, copy)
 
 
 def hide_shapes(graph_def, names) -> dict:

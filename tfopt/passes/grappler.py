@@ -72,8 +72,10 @@ def isolate_calls(graph_def, protected: frozenset[str]):
 
 @register("grappler")
 def grappler(graph_def, ctx: PassContext, log: PassLog):
-    # a copy with the kernels as placeholders (Grappler's copies of them cost gigabytes)
-    lifted, kernels = set_aside_kernels(isolate_calls(graph_def, ctx.protected))
+    # the kernels as placeholders (Grappler's copies of them cost gigabytes); a copy only
+    # when a kernel or an external weight is there to hide
+    lifted, kernels = set_aside_kernels(isolate_calls(graph_def, ctx.protected),
+                                        copy=bool(ctx.weights))  # hide_shapes writes
     shapes = hide_shapes(lifted, ctx.weights)
     out = optimize_in_pieces(lifted, list(ctx.inputs + ctx.outputs) + sorted(ctx.weights)
                              + sorted(kernels),

@@ -38,33 +38,38 @@ def optimize_in_pieces(graph_def, keep: list[str], optimize: Optimizer, log: Pas
     if len(nodes) < whole_below:
         return optimize(graph_def, keep)
     whole = f"Grappler runs on all {len(nodes)} nodes at once"
-    if graph_def.library.function or any(n.op in FRAME_OPS for n in nodes):
-        log.skip("pieces", f"{whole}: function calls and v1 control flow need the whole graph")
+    if graph_def.library.function:
+        log.skip("pieces", f"{whole}: function calls need the whole graph")
         return optimize(graph_def, keep)
     position = {n.name: i for i, n in enumerate(nodes)}
-    sources = [[node_name(r) for r in n.input] for n in nodes]
-    if any(s not in position for names in sources for s in names):
-        log.skip("pieces", f"{whole}: an input names no node")
-        return optimize(graph_def, keep)
-    if any(position[s] >= i for i, names in enumerate(sources) for s in names):
-        ordered = empty_like(graph_def)
-        ordered.node.extend(topological_order(graph_def))
-        return optimize_in_pieces(ordered, keep, optimize, log, whole_below=whole_below,
-                                  piece_nodes=piece_nodes)
-
     count = len(nodes)
+    ops: list[str] = []
+    sources: list[list[str]] = []
     constant = [False] * count
     portable = [False] * count  # copied into each piece that reads it
     blocking = [0] * (count + 1)  # +1 where a tensor no cut may cross starts, -1 where it ends
-    for i, node in enumerate(nodes):
-        names = sources[i]
-        constant[i] = (node.op == "Const" and not names) or (
-            bool(names) and all(constant[position[s]] for s in names)
-            and not is_stateful(node.op))
-        portable[i] = constant[i] or node.op == "Placeholder"
-        for ref, source in zip(node.input, names):
-            j = position[source]
-            crossable = nodes[j].op in CUT_AFTER and ref in (source, source + ":0")
+    for i, node in enumerate(nodes):  # one sweep: ops, inputs, constants, where cuts may go
+        op, refs = node.op, list(node.input)
+        names = [node_name(r) for r in refs]
+        ops.append(op)
+        sources.append(names)
+        if op in FRAME_OPS:
+            log.skip("pieces", f"{whole}: v1 control flow needs the whole graph")
+            return optimize(graph_def, keep)
+        producers = [position.get(name, count) for name in names]
+        if any(j >= i for j in producers):
+            if any(j == count for j in producers):
+                log.skip("pieces", f"{whole}: an input names no node")
+                return optimize(graph_def, keep)
+            ordered = empty_like(graph_def)
+            ordered.node.extend(topological_order(graph_def))
+            return optimize_in_pieces(ordered, keep, optimize, log, whole_below=whole_below,
+                                      piece_nodes=piece_nodes)
+        constant[i] = (op == "Const" and not names) or (
+            bool(names) and all(constant[j] for j in producers) and not is_stateful(op))
+        portable[i] = constant[i] or op == "Placeholder"
+        for ref, source, j in zip(refs, names, producers):
+            crossable = ops[j] in CUT_AFTER and ref in (source, source + ":0")
             if not portable[j] and not crossable:  # control edges included
                 blocking[j + 1] += 1  # no cut before j+1 .. i
                 blocking[i + 1] -= 1
@@ -90,7 +95,7 @@ def optimize_in_pieces(graph_def, keep: list[str], optimize: Optimizer, log: Pas
             if p == 0 else []  # inputs, constant outputs
         piece.node.extend(nodes[i] for i in chunk)
         fetch.extend(nodes[i].name for i in chunk
-                     if nodes[i].op in CUT_AFTER or nodes[i].name in keep_set)
+                     if ops[i] in CUT_AFTER or nodes[i].name in keep_set)
         for i in chunk:
             for source in sources[i]:
                 j = position[source]
