@@ -78,11 +78,11 @@ def dedupe(graph_def, ctx: PassContext, log: PassLog):
         return graph_def
     log.removed["duplicates"] += len(merged)
     out = empty_like(graph_def)
-    for node in graph_def.node:
-        if node.name in merged:
+    kept = [n for n in graph_def.node if n.name not in merged]
+    out.node.extend(kept)  # in bulk; then only the readers of merged nodes are rewired
+    for new, node in zip(out.node, kept):
+        if not any(node_name(r) in merged for r in node.input):
             continue
-        new = out.node.add()
-        new.CopyFrom(node)
         data = [remap(r) for r in node.input if not is_control(r)]
         sources = {node_name(r) for r in data}
         control = [c for c in dict.fromkeys(remap(r) for r in node.input if is_control(r))
