@@ -53,7 +53,10 @@ FORWARDING_OPS = frozenset({"Identity", "RefIdentity", "Snapshot", "StopGradient
                             "PreventGradient"})
 
 
+DT_FLOAT, DT_STRING, DT_INT64 = 1, 7, 9  # DataType enums
 FLOAT_TYPES = frozenset({1, 2, 14, 19})  # DataType enums: float32, float64, bfloat16, float16
+# a v1 while loop's back edge: its output feeds a Merge earlier in the loop
+BACK_EDGE_OPS = frozenset({"NextIteration", "RefNextIteration"})
 NORM_OPS = frozenset({"FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3"})
 
 
@@ -102,7 +105,7 @@ def topological_order(graph_def) -> list:
     else:
         return nodes
     index = {n.name: i for i, n in enumerate(nodes)}
-    back = {i for i, n in enumerate(nodes) if n.op in ("NextIteration", "RefNextIteration")}
+    back = {i for i, n in enumerate(nodes) if n.op in BACK_EDGE_OPS}
     pending = [0] * len(nodes)
     readers: list[list[int]] = [[] for _ in nodes]
     for i, node in enumerate(nodes):

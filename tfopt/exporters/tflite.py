@@ -16,6 +16,7 @@ from tfopt.exporters.base import (
     recurrent_layers,
     save_inference_model,
 )
+from tfopt.graph import DT_INT64, DT_STRING
 from tfopt.logs import native_stderr_silenced
 from tfopt.model import Model
 
@@ -137,7 +138,8 @@ def blocking_ops(message: str) -> list[str]:
 
 
 # key -> value dtypes (DataType enums) that TFLite's HASHTABLE builtins implement
-TABLE_TYPES = {(7, 9): "string -> int64", (9, 7): "int64 -> string"}
+TABLE_TYPES = {(DT_STRING, DT_INT64): "string -> int64",
+               (DT_INT64, DT_STRING): "int64 -> string"}
 
 
 def _unsupported_tables(model: Model) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 
 from tfopt.graph import (
+    DT_STRING,
     const_value,
     empty_like,
     is_control,
@@ -18,8 +19,6 @@ from tfopt.graph import (
     topological_order,
 )
 from tfopt.passes.base import PassContext, PassLog, register
-
-STRING = 7  # DataType enum
 
 
 def _key(node, inputs: list[str]) -> bytes:
@@ -30,7 +29,7 @@ def _key(node, inputs: list[str]) -> bytes:
         if name == "_output_shapes":
             continue
         digest.update(b"\1" + name.encode())
-        if name == "value" and node.op == "Const" and node.attr["dtype"].type != STRING:
+        if name == "value" and node.op == "Const" and node.attr["dtype"].type != DT_STRING:
             # by value: one number may be written as int_val or as tensor_content (the
             # array's own little-endian bytes, so used as they are)
             tensor = node.attr["value"].tensor

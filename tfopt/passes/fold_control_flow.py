@@ -11,6 +11,7 @@ only inside its loop optimizer, never folds an If, and reports neither.
 from __future__ import annotations
 
 from tfopt.graph import (
+    BACK_EDGE_OPS,
     FORWARDING_OPS,
     add_const,
     const_value,
@@ -24,7 +25,6 @@ from tfopt.passes.base import PassContext, PassLog, register
 SWITCH = frozenset({"Switch", "RefSwitch"})
 MERGE = frozenset({"Merge", "RefMerge"})
 IF = {"If": "StatefulPartitionedCall", "StatelessIf": "PartitionedCall"}
-BACK_EDGE = frozenset({"NextIteration", "RefNextIteration"})
 
 
 def tensor(ref: str) -> str:
@@ -77,7 +77,7 @@ def fold_control_flow(graph_def, ctx: PassContext, log: PassLog):
         controls = [node_name(r) for r in node.input if is_control(r)]
         if node.op in MERGE:
             forward = [r for r in data if nodes.get(node_name(r)) is None
-                       or nodes[node_name(r)].op not in BACK_EDGE]
+                       or nodes[node_name(r)].op not in BACK_EDGE_OPS]
             live = [r for r in forward if not is_dead(r)]
             if not live:
                 dead.add(node.name)

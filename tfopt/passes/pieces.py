@@ -14,19 +14,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from tfopt.graph import empty_like, is_stateful, node_name, topological_order
+from tfopt.graph import (
+    BACK_EDGE_OPS,
+    DT_FLOAT,
+    empty_like,
+    is_stateful,
+    node_name,
+    topological_order,
+)
 from tfopt.passes.base import PassLog
+from tfopt.passes.fold_control_flow import MERGE, SWITCH
 
 WHOLE_BELOW = 32768  # nodes; Grappler takes about 1.2 s there
 PIECE_NODES = 2048  # non-portable nodes a piece, at least
-FLOAT32 = 1  # DataType enum
 # single-output ops whose output no Grappler optimizer folds into its readers
 CUT_AFTER = frozenset({"Relu", "Relu6", "Elu", "Selu", "LeakyRelu", "Sigmoid", "Tanh",
                        "Softplus", "Softsign", "MaxPool", "AvgPool", "Softmax"})
 # v1 loop frames and conds must be seen whole
-FRAME_OPS = frozenset({"Enter", "RefEnter", "Exit", "RefExit", "NextIteration",
-                       "RefNextIteration", "LoopCond", "Switch", "RefSwitch", "Merge",
-                       "RefMerge"})
+FRAME_OPS = BACK_EDGE_OPS | SWITCH | MERGE | {"Enter", "RefEnter", "Exit", "RefExit", "LoopCond"}
 
 Optimizer = Callable[[Any, list[str]], Any]  # (GraphDef, fetch) -> GraphDef
 
@@ -106,7 +111,7 @@ def optimize_in_pieces(graph_def, keep: list[str], optimize: Optimizer, log: Pas
                     stand_in = piece.node.add(name=source, op="Placeholder")
                     # (MaxPool's T may be left out as its default, float32)
                     stand_in.attr["dtype"].type = \
-                        nodes[j].attr["T"].type if "T" in nodes[j].attr else FLOAT32
+                        nodes[j].attr["T"].type if "T" in nodes[j].attr else DT_FLOAT
                     stand_in.attr["shape"].shape.unknown_rank = True  # Grappler wants it
         copied = []
         while wanted:  # portable nodes with their inputs
