@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from tfopt import __version__
+from tfopt import __version__, compat
 from tfopt.artifacts import build_and_check
 from tfopt.categories import CATEGORIES
 from tfopt.data import read_feeds
@@ -66,6 +66,7 @@ def freeze(src: str | os.PathLike, out_dir: str | os.PathLike | None = None,
     if unknown:
         raise TypeError(f"freeze() got unknown option(s) {unknown}; see FreezeOptions")
     opts = replace(options or FreezeOptions(), **overrides).validate()
+    compat.check_tensorflow()
     start = time.perf_counter()
     src = Path(src)
     out = Path(out_dir) if out_dir is not None else Path("tfopt_out") / (src.stem or "model")

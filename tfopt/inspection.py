@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from tfopt import compat
 from tfopt.errors import TfoptError
 from tfopt.options import FreezeOptions
 
@@ -27,6 +28,8 @@ def inspect(src: str | os.PathLike, options: FreezeOptions | None = None,
     from tfopt.loaders.tf1 import candidate_outputs, cut_hint, input_sources
     from tfopt.passes import run_pipeline
     from tfopt.security import io_ops, security_report
+
+    compat.check_tensorflow()
 
     opts = replace(options or FreezeOptions(), **overrides)
     path = Path(src)

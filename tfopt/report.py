@@ -14,7 +14,11 @@ from tfopt.verify import Parity
 
 # 2: tfopt 0.2 (security, verification, sha256, parity rule and reason); 1: tfopt 0.1
 SCHEMA_VERSION = 2
-VERSIONED = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "protobuf")
+VERSIONED = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "protobuf", "numpy",
+             "ai-edge-litert")
+# the same library under another distribution's name (release candidates of TF 2.22 bring
+# keras-nightly; CPU-only images carry tensorflow-cpu)
+ALSO_DISTRIBUTED_AS = {"tensorflow": ("tensorflow-cpu", "tf-nightly"), "keras": ("keras-nightly",)}
 
 
 def library_versions() -> dict[str, str | None]:
@@ -23,10 +27,13 @@ def library_versions() -> dict[str, str | None]:
 
     found: dict[str, str | None] = {}
     for package in VERSIONED:
-        try:
-            found[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            found[package] = None
+        found[package] = None
+        for name in (package, *ALSO_DISTRIBUTED_AS.get(package, ())):
+            try:
+                found[package] = metadata.version(name)
+                break
+            except metadata.PackageNotFoundError:
+                continue
     return found
 
 

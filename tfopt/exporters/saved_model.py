@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tfopt import compat
 from tfopt.exporters.base import Exported, ExportOptions, python_callbacks, save_inference_model
 from tfopt.model import Model
 
@@ -29,7 +30,7 @@ def _deterministic_fingerprint(path: Path) -> None:
     from tensorflow.core.protobuf import fingerprint_pb2
 
     file = path / "fingerprint.pb"
-    if not file.is_file():
+    if not file.is_file() or not compat.fingerprint_has_uuid():
         return
     fingerprint = fingerprint_pb2.FingerprintDef()
     fingerprint.ParseFromString(file.read_bytes())

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 import tempfile
-import warnings
 from pathlib import Path
 
+from tfopt import compat
 from tfopt.errors import ConversionError
 from tfopt.exporters.base import (
     PRECISION,
@@ -106,7 +106,7 @@ def _denylist(flatbuffer: bytes, layers: set[str]) -> list[str]:
     taken (by the layer's weights) gets a digit appended.
     """
 
-    found = _interpreter_class()(model_content=flatbuffer)
+    found = compat.tflite_interpreter_class()(model_content=flatbuffer)
     names = {t["index"]: t["name"] for t in found.get_tensor_details()}
     ops = found._get_ops_details()  # the public API lists tensors, not which op reads them
     def computes(tensor: int) -> bool:
@@ -214,16 +214,20 @@ def _summary(message: str) -> str:
 def op_names(path: Path) -> list[str]:
     """The op of every operator in the model, builtin or custom (Flex ops included)."""
     from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
 
     names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(path.read_bytes()))
+    # the flatbuffer's own accessors, present in every TF: unpacking to ModelT (what
+    # flatbuffer_utils does, its reader missing before TF 2.18) would copy every weight
+    model = schema.Model.GetRootAsModel(bytearray(path.read_bytes()), 0)
     codes = []
-    for code in model.operatorCodes:
-        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
-        custom = code.customCode.decode() if isinstance(code.customCode, bytes) else code.customCode
-        codes.append(custom if custom else names.get(builtin, str(builtin)))
-    return [codes[op.opcodeIndex] for graph in model.subgraphs for op in graph.operators]
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        custom = code.CustomCode()
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        codes.append(custom.decode() if custom else names.get(builtin, str(builtin)))
+    return [codes[graph.Operators(j).OpcodeIndex()]
+            for graph in (model.Subgraphs(i) for i in range(model.SubgraphsLength()))
+            for j in range(graph.OperatorsLength())]
 
 
 def describe(path: Path, model: Model) -> dict[str, int]:
@@ -232,21 +236,9 @@ def describe(path: Path, model: Model) -> dict[str, int]:
     return dict(sorted(Counter(op_names(path)).items()))
 
 
-def _interpreter_class():
-    """LiteRT's interpreter; tf.lite.Interpreter (deprecated, warns) where it is missing."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        import tensorflow as tf
-
-        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
-        return tf.lite.Interpreter
-    return Interpreter
-
-
 def interpreter(path: Path):
     with native_stderr_silenced():
-        found = _interpreter_class()(model_path=str(path))
+        found = compat.tflite_interpreter_class()(model_path=str(path))
         found.allocate_tensors()  # XNNPACK announces itself here
         return found
 

@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from tfopt import compat
 from tfopt.categories import is_optimizer_variable
 from tfopt.errors import InputError, UsageError, first_line
 from tfopt.loaders.base import (
@@ -91,10 +92,10 @@ def load(path: Path, options: LoadOptions) -> Loaded:
         feed: Any
         if keyed:
             feed = dict(zip(names, args))
-        elif structure is not None and not keras.tree.is_nested(structure):
+        elif structure is not None and not compat.is_nested(structure):
             feed = args[0]
         elif structure is not None:
-            feed = keras.tree.pack_sequence_as(structure, list(args))
+            feed = compat.pack_sequence_as(structure, list(args))
         else:
             feed = list(args) if len(args) > 1 else args[0]
         outputs = model(feed, training=False)
