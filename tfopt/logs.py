@@ -4,6 +4,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
+import sys
+import threading
 import warnings
 
 _debug = False
@@ -30,12 +33,54 @@ def native_stderr_silenced():
         os.close(saved)
 
 
+# a C++ log line of TF/XLA (`2026-01-01 12:00:00.000000: W path.cc:12] ...`) or absl's
+# (`I0000 00:00:1700000000.000000  123 path.cc:67] ...`), below FATAL
+NATIVE_LOG_LINE = re.compile(
+    rb"^(?:\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWE] \S+:\d+\]"
+    rb"|[IWE]\d{4} \d\d:\d\d:[\d.]+ +\d+ \S+:\d+\]"
+    rb"|WARNING: All log messages before absl::InitializeLog\(\) is called)")
+
+
+def filter_native_log_lines(raw: int, sink: int) -> None:
+    """Copy lines from fd `raw` to fd `sink`, leaving out C++ log lines, until EOF."""
+    with os.fdopen(raw, "rb") as lines:
+        for line in lines:
+            if not NATIVE_LOG_LINE.match(line):
+                os.write(sink, line)
+
+
+_filtered = False
+
+
+def filter_native_stderr() -> None:
+    """For the life of a command's process, fd 2 goes through a thread that drops the C++
+    log lines of TF, XLA and absl (absl writes those logged before its InitializeLog
+    whatever TF_CPP_MIN_LOG_LEVEL says: TF 2.19's Grappler does); every other line, a
+    fatal error's included, reaches the terminal. Python's sys.stderr writes there directly.
+    Left alone where sys.stderr is not the process's own (a test capturing it)."""
+    global _filtered
+    if _filtered or sys.stderr is not sys.__stderr__ or sys.stderr is None:
+        return
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    raw, pipe = os.pipe()
+    os.dup2(pipe, 2)
+    os.close(pipe)
+    sys.stderr = sys.__stderr__ = os.fdopen(  # type: ignore[misc]
+        os.dup(terminal), "w", buffering=1, encoding=sys.stderr.encoding,
+        errors="backslashreplace")
+    threading.Thread(target=filter_native_log_lines, args=(raw, terminal), daemon=True,
+                     name="tfopt-native-stderr").start()
+    _filtered = True
+
+
 def quiet_libraries(debug: bool) -> None:
     """Quiet TF, tf2onnx and friends; call before TensorFlow is imported."""
     set_debug(debug)
     if debug:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    filter_native_stderr()
     warnings.filterwarnings("ignore")
     # tfopt's own warnings (--unsafe-keras, --calibration random) still reach the user
     warnings.filterwarnings("default", module=r"tfopt(\.|$)")
