@@ -27,15 +27,17 @@ def randomize(model, seed: int = 0) -> None:
     hide; with made-up statistics, activations vanish and every input gives the same output.
     """
     import keras
+    import tensorflow as tf
 
     rng = np.random.default_rng(seed)
     for layer in model.layers:
         for weight in layer.weights:
             name = weight.path if hasattr(weight, "path") else weight.name
+            dtype = tf.as_dtype(weight.dtype).as_numpy_dtype  # Keras 2 gives a tf.DType
             if "beta" in name or "bias" in name:
-                weight.assign(rng.normal(0, 0.1, weight.shape).astype(weight.dtype))
+                weight.assign(rng.normal(0, 0.1, weight.shape).astype(dtype))
             elif "gamma" in name:
-                weight.assign(rng.uniform(0.8, 1.2, weight.shape).astype(weight.dtype))
+                weight.assign(rng.uniform(0.8, 1.2, weight.shape).astype(dtype))
     norms = [layer for layer in model.layers
              if isinstance(layer, keras.layers.BatchNormalization)]
     momenta = [layer.momentum for layer in norms]
@@ -61,7 +63,15 @@ def build(name: str, classes: int = 10):
 
 def export(name: str, directory: Path) -> Path:
     """The zoo model as a TF2 SavedModel (what both tfopt and the peers read)."""
-    model = build(name)
     path = directory / name
-    model.export(str(path), verbose=False)
+    save_serving(build(name), path)
     return path
+
+
+def save_serving(model, path) -> None:
+    """`model.export(path)`, quiet: Keras 3 prints its signature unless told not to; Keras 2
+    (TF 2.15) prints nothing and has no such argument."""
+    import keras
+
+    quiet = {"verbose": False} if int(keras.__version__.split(".")[0]) >= 3 else {}
+    model.export(str(path), **quiet)

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "saved_models"
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from zoo import randomize  # noqa: E402  (the bench zoo's weights, shared with the tests)
+from zoo import randomize, save_serving  # noqa: E402, F401  (the bench zoo, shared with the tests)
 
 
 def tree_digest(path: Path) -> str:

@@ -8,6 +8,7 @@ import os
 import numpy as np
 import onnx
 import pytest
+from conftest import save_serving
 
 import tfopt
 from tfopt.loaders import weights as external
@@ -24,7 +25,7 @@ def embedding_model(tmp_path_factory):
     hidden = keras.layers.Embedding(1000, 64, name="embedding")(ids)
     outputs = keras.layers.Dense(4)(keras.layers.GlobalAveragePooling1D()(hidden))
     path = tmp_path_factory.mktemp("external") / "embedding"
-    keras.Model(ids, outputs).export(str(path), verbose=False)
+    save_serving(keras.Model(ids, outputs), str(path))
     return path
 
 
@@ -100,7 +101,7 @@ def test_an_embedding_past_two_gigabytes_converts(tmp_path):
         hidden)))
     model.layers[1].embeddings.assign(np.random.default_rng(0).standard_normal(
         (rows, 1000)).astype(np.float32))
-    model.export(str(tmp_path / "huge"), verbose=False)
+    save_serving(model, str(tmp_path / "huge"))
     del model
     result = tfopt.freeze(tmp_path / "huge", tmp_path / "out",
                           targets=["onnx", "saved_model", "tflite"])

@@ -212,9 +212,14 @@ def test_string_inputs_convert_to_tensorflow_targets(hostile, tmp_path):
 
     result = tfopt.freeze(hostile["strings"], tmp_path / "out")
     status = {a.format: a.status for a in result.artifacts}
-    assert status == {"onnx": "failed", "tflite": "failed", "pb": "ok", "saved_model": "ok"}
+    assert {k: v for k, v in status.items() if k != "tflite"} == \
+        {"onnx": "failed", "pb": "ok", "saved_model": "ok"}
     assert "StringLength" in result.artifact("onnx").error
-    assert "StringLength" in result.artifact("tflite").error
+    tflite = result.artifact("tflite")
+    if tflite.status == "ok":  # TF 2.15-2.19 give the interpreter the Flex delegate
+        assert tflite.ops == {"FlexStringLength": 1}
+    else:  # TF 2.21 does not: the failure names the op
+        assert "StringLength" in tflite.error
     assert all(a.parity.passed for a in result.artifacts if a.status == "ok")
 
 

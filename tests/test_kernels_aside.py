@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import tensorflow as tf
+from conftest import save_serving
 from test_passes import build
 
 import tfopt
@@ -41,7 +42,7 @@ def test_onnx_kernels_come_back_as_initializers_in_tf2onnx_layout(tmp_path):
     x = keras.layers.Conv2D(32, 3, padding="same")(image)  # 4608-element kernel
     x = keras.layers.DepthwiseConv2D(3, depth_multiplier=16)(x)  # 4608 elements
     x = keras.layers.GlobalAveragePooling2D()(x)
-    keras.Model(image, keras.layers.Dense(10)(x)).export(str(tmp_path / "m"), verbose=False)
+    save_serving(keras.Model(image, keras.layers.Dense(10)(x)), str(tmp_path / "m"))
     result = tfopt.freeze(tmp_path / "m", tmp_path / "out", targets=["onnx"])
     assert result.exit_code == 0, result.artifact("onnx").error
     proto = onnx.load(str(tmp_path / "out" / "model.onnx"))

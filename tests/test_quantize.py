@@ -9,6 +9,7 @@ from pathlib import Path
 import digits
 import numpy as np
 import pytest
+from conftest import save_serving
 
 from tfopt.commands import main
 from tfopt.data import read_feeds
@@ -107,7 +108,7 @@ def outlier_model(path: Path):
     weights, bias = model.get_layer("head").get_weights()
     weights[0, :] = 0
     model.get_layer("head").set_weights([weights, bias])
-    model.export(str(path / "model"), verbose=False)
+    save_serving(model, str(path / "model"))
     np.savez(path / "calibration.npz", x=x[:200])
     return path / "model", path / "calibration.npz"
 
@@ -228,7 +229,7 @@ def test_onnx_fp16_keeps_overflowing_nodes_in_fp32(tmp_path):
     weights, bias = model.get_layer("head").get_weights()
     weights[:16] *= 1e-5
     model.get_layer("head").set_weights([weights, bias])
-    model.export(str(tmp_path / "model"), verbose=False)
+    save_serving(model, str(tmp_path / "model"))
     np.savez(tmp_path / "cal.npz",
              x=np.random.default_rng(0).standard_normal((32, 8)).astype(np.float32))
     result = tfopt.freeze(tmp_path / "model", tmp_path / "out", targets=["onnx"],

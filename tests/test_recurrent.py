@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import save_serving
 
 from tfopt.exporters.tflite import interpreter, op_names
 
@@ -40,7 +41,7 @@ def test_recurrent_model_converts_to_builtins_and_native_ops(kind, tmp_path):
     import tfopt
 
     model = build(kind)
-    model.export(str(tmp_path / "model"), verbose=False)
+    save_serving(model, str(tmp_path / "model"))
     result = tfopt.freeze(tmp_path / "model", tmp_path / "out", targets=["tflite", "onnx"])
     assert result.exit_code == 0, result.summary()
     tflite, onnx = result.artifact("tflite"), result.artifact("onnx")

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import json
-import warnings
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SAMPLES, tree_digest
+from conftest import SAMPLES, save_serving, tree_digest
+
+from tfopt import compat
 
 TARGETS = ["onnx", "tflite", "pb", "saved_model"]
 SUMMARY_OPS = ("ScalarSummary", "HistogramSummary", "MergeSummary", "WriteScalarSummary",
@@ -51,20 +54,37 @@ def test_keras_cnn_converts_and_drops_optimizer_state(freeze_once, tmp_path):
     assert report["frozen"]["constant_bytes"] == result.frozen.constant_bytes
 
 
-def test_stock_converter_on_keras_cnn_leaves_variables_and_nans(tmp_path):
-    """The baseline tfopt beats: the stock converter keeps resource variables in the model."""
-    import tensorflow as tf
-
-    from tfopt.exporters.tflite import op_names
-
-    path = tmp_path / "stock.tflite"
-    path.write_bytes(stock_tflite(SAMPLES / "keras_cnn"))
-    assert op_names(path).count("VAR_HANDLE") > 0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        runner = tf.lite.Interpreter(model_path=str(path)).get_signature_runner()
+# the stock converter, then LiteRT on its model, in a process of its own: TF 2.15 and 2.17's
+# converter abort the process on keras_cnn (LLVM ERROR: Failed to infer result type(s))
+STOCK_RUN = """
+import json, pathlib, sys, numpy as np, tensorflow as tf
+from tfopt import compat
+from tfopt.exporters.tflite import op_names
+path = sys.argv[2]
+open(path, "wb").write(tf.lite.TFLiteConverter.from_saved_model(sys.argv[1]).convert())
+found = {"var_handles": op_names(pathlib.Path(path)).count("VAR_HANDLE")}
+try:
+    runner = compat.tflite_interpreter_class()(model_path=path).get_signature_runner()
     out = runner(inputs=np.ones((1, 32, 32, 3), np.float32))["output_0"]
-    assert np.isnan(out).all()
+    found["output"] = "nan" if np.isnan(out).all() else out.tolist()
+except RuntimeError as exc:  # TF 2.19: READ_VARIABLE fails to invoke
+    found["output"] = str(exc).splitlines()[0]
+print(json.dumps(found))
+"""
+
+
+def test_stock_converter_on_keras_cnn_gives_no_working_model(tmp_path):
+    """The baseline tfopt beats: the stock converter keeps resource variables in the model,
+    whose outputs are NaN (TF 2.21) or fail to compute (2.19), or crashes (2.15, 2.17)."""
+    done = subprocess.run([sys.executable, "-c", STOCK_RUN, str(SAMPLES / "keras_cnn"),
+                           str(tmp_path / "stock.tflite")], capture_output=True, text=True,
+                          timeout=300)
+    if done.returncode != 0:
+        assert "LLVM ERROR" in done.stderr, done.stderr[-2000:]
+        return
+    found = json.loads(done.stdout.splitlines()[-1])
+    assert found["var_handles"] > 0
+    assert found["output"] == "nan" or "READ_VARIABLE" in found["output"], found
 
 
 def test_debug_module_loses_every_debug_op(freeze_once):
@@ -141,8 +161,9 @@ def test_mobilenet_v2_keras_file_converts(freeze_once, mobilenet_v2):
     import onnxruntime
     session = onnxruntime.InferenceSession(result.artifact("onnx").path)
     rng = np.random.default_rng(5)
-    probs = [session.run(None, {"input_layer": rng.standard_normal((1, 96, 96, 3),
-                                                                   dtype=np.float32)})[0]
+    (image,) = session.get_inputs()  # Keras 3 names it input_layer, Keras 2 input_<n>
+    probs = [session.run(None, {image.name: rng.standard_normal((1, 96, 96, 3),
+                                                                dtype=np.float32)})[0]
              for _ in range(2)]
     assert np.abs(probs[0] - probs[1]).max() > 1e-3
     assert not any(op.startswith("_") for op in result.frozen.ops)
@@ -261,7 +282,7 @@ def test_onnx_inlines_xla_only_calls_and_rewrites_erfc(tmp_path):
     h = keras.layers.Conv2D(8, 3, groups=2, padding="same")(inputs)
     outputs = keras.layers.Activation("gelu")(h)  # exact (erf) GELU by default
     path = tmp_path / "grouped"
-    keras.Model(inputs, outputs).export(str(path), verbose=False)
+    save_serving(keras.Model(inputs, outputs), str(path))
     result = tfopt.freeze(path, tmp_path / "out", targets=["onnx"])
     onnx = result.artifact("onnx")
     assert onnx.status == "ok" and onnx.parity.passed, onnx.error
@@ -269,6 +290,7 @@ def test_onnx_inlines_xla_only_calls_and_rewrites_erfc(tmp_path):
     assert not {"StatefulPartitionedCall", "Erfc"} & set(onnx.ops)
 
 
+@pytest.mark.skipif(compat.keras_major() < 3, reason="hard_swish is a Keras 3 activation")
 def test_onnx_writes_hard_swish_and_hard_sigmoid(tmp_path):
     """MobileNetV3's activations: four ONNX nodes each from tf2onnx, one after tfopt."""
     import keras

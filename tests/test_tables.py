@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import save_serving
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,7 @@ def table_models(tmp_path_factory):
     text = keras.Input((1,), dtype="string", name="text")
     vectorize = keras.layers.TextVectorization(max_tokens=20, output_sequence_length=5)
     vectorize.adapt(np.array(["the cat sat", "the dog ran fast"]))
-    keras.Model(text, vectorize(text)).export(str(root / "text_vectorization"), verbose=False)
+    save_serving(keras.Model(text, vectorize(text)), str(root / "text_vectorization"))
     return root
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tfopt import compat
 from tfopt.verify import compare, noise_floor
 
 RNG = np.random.default_rng(0)
@@ -97,7 +98,10 @@ def domain_models(tmp_path_factory):
     segments = keras.Input((None,), dtype="int32", name="segment_ids")
     mask = keras.Input((None,), dtype="int32", name="padding_mask")
     hidden = keras.layers.Embedding(50, 8)(ids) + keras.layers.Embedding(2, 8)(segments)
-    hidden = hidden * keras.ops.expand_dims(keras.ops.cast(mask, "float32"), -1)
+    import tensorflow as tf
+
+    ops = keras.ops if compat.keras_major() >= 3 else tf  # Keras 2 takes tf ops symbolically
+    hidden = hidden * ops.expand_dims(ops.cast(mask, "float32"), -1)
     pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Dense(8, "gelu")(hidden))
     encoder = keras.Model({"token_ids": ids, "segment_ids": segments, "padding_mask": mask},
                           keras.layers.Dense(3)(pooled))
@@ -148,7 +152,9 @@ def test_a_deep_image_net_with_large_logits_converts_with_default_flags(tmp_path
     model(rng.uniform(0, 255, (8, 32, 32, 3)).astype(np.float32), training=True)
     noise = rng.standard_normal((1, 32, 32, 3)).astype(np.float32)
     moved = np.abs(model(np.nextafter(noise, np.inf)).numpy() - model(noise).numpy()).max()
-    assert moved > 1e-2  # one ulp of noise moves the original's outputs far past 1e-4
+    # one ulp of noise moves the original's outputs far past 1e-4 (Keras 2's EfficientNetB0,
+    # on TF 2.15, by 6.4e-3)
+    assert moved > (1e-2 if compat.keras_major() >= 3 else 3e-3)
     model.save(tmp_path / "effnet.keras")
 
     result = tfopt.freeze(tmp_path / "effnet.keras", tmp_path / "out")
