@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 from conftest import SAMPLES
 
 from tfopt.commands import main
+from tfopt.logs import NATIVE_LOG_LINE
 
 REPORT_KEYS = {"tfopt_version", "seconds", "source", "inputs", "outputs", "removed", "passes",
                "frozen", "artifacts"}
@@ -43,6 +45,19 @@ def test_console_script_is_quiet_with_q(tmp_path):
                           "--to", "pb", "-q"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert run.stdout == ""
+    # no C++ log line (TF 2.19's Grappler logs past TF_CPP_MIN_LOG_LEVEL); what is left is
+    # the model's own tf.print, run by the reference run
+    assert not [line for line in run.stderr.splitlines()
+                if NATIVE_LOG_LINE.match(line.encode()) or "tensorflow" in line]
+    assert set(run.stderr.splitlines()) <= {"logits: [1 4]", "logits: [3 4]"}
+
+
+def test_a_closed_stderr_keeps_the_exit_code(tmp_path):
+    """Run with 2>&-: the error has nowhere to go, the exit code still says what happened."""
+    run = subprocess.run([sys.executable, "-m", "tfopt", str(tmp_path / "missing"), "-o",
+                          str(tmp_path / "o")], stdout=subprocess.PIPE, text=True, timeout=300,
+                         stderr=subprocess.DEVNULL, preexec_fn=lambda: os.close(2))
+    assert run.returncode == 2 and run.stdout == ""
 
 
 def test_summary_table_names_every_target(tmp_path, capsys):

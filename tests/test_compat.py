@@ -6,8 +6,10 @@ import os
 import threading
 
 import numpy as np
+import pytest
 
 from tfopt import compat
+from tfopt.errors import UsageError
 
 
 def test_the_installed_tensorflow_is_in_the_supported_range():

@@ -20,10 +20,13 @@ def set_debug(enabled: bool) -> None:
 @contextlib.contextmanager
 def native_stderr_silenced():
     """Hide what C++ code writes to fd 2 (converter dumps, TF start-up lines) unless --debug."""
-    if _debug:
+    try:
+        saved = -1 if _debug else os.dup(2)
+    except OSError:  # no fd 2 (closed by the caller): nothing to hide
+        saved = -1
+    if saved < 0:
         yield
         return
-    saved = os.dup(2)
     try:
         with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), 2)
@@ -59,15 +62,26 @@ def filter_native_stderr() -> None:
     fatal error's included, reaches the terminal. Python's sys.stderr writes there directly.
     Left alone where sys.stderr is not the process's own (a test capturing it)."""
     global _filtered
-    if _filtered or sys.stderr is not sys.__stderr__ or sys.stderr is None:
+    try:
+        os.fstat(2)
+    except OSError:  # fd 2 closed by the caller: /dev/null there, or the first file the run
+        null = os.open(os.devnull, os.O_WRONLY)  # opens would take fd 2 and the log lines
+        if null != 2:
+            os.dup2(null, 2)
+            os.close(null)
+        if sys.stderr is None:  # Python's own, None without fd 2 at start-up
+            sys.stderr = sys.__stderr__ = os.fdopen(os.dup(2), "w")  # type: ignore[misc]
         return
-    sys.stderr.flush()
+    current = sys.stderr
+    if _filtered or current is not sys.__stderr__ or current is None:
+        return
+    current.flush()
     terminal = os.dup(2)
     raw, pipe = os.pipe()
     os.dup2(pipe, 2)
     os.close(pipe)
     sys.stderr = sys.__stderr__ = os.fdopen(  # type: ignore[misc]
-        os.dup(terminal), "w", buffering=1, encoding=sys.stderr.encoding,
+        os.dup(terminal), "w", buffering=1, encoding=current.encoding,
         errors="backslashreplace")
     threading.Thread(target=filter_native_log_lines, args=(raw, terminal), daemon=True,
                      name="tfopt-native-stderr").start()
