@@ -385,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
                 model = zoo.build(name)
                 params = model.count_params()
                 src = Path(zoo_dir) / name
-                model.export(str(src), verbose=False)
+                zoo.save_serving(model, src)
             row = measure(name, src, params, args.runs)
             row["params"] = params
             row["ratios"] = ratios(row)
