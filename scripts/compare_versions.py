@@ -1,5 +1,6 @@
 """The bundled samples converted under several TensorFlow releases, side by side: each
-artifact's status, node count and max error per environment, and whether they agree.
+artifact's status, node count and max error per environment, and whether its op histogram is
+the same in all.
 
     python scripts/compare_versions.py --python VENV_215/bin/python --python VENV_221/bin/python
                                        [--samples keras_cnn,debug_module,lstm_gru]
@@ -7,9 +8,9 @@ artifact's status, node count and max error per environment, and whether they ag
 
 Each --python is an environment with tfopt installed (`pip install "tensorflow==X.*"`, then
 `pip install -e .`); every conversion is a fresh `python -m tfopt SAMPLE --json` there with
-default flags. Node counts agree when every environment gives the same; max errors are
+default flags. "same" means every environment gives the same op histogram; max errors are
 listed as measured (each environment verifies against its own TensorFlow run of the source).
-Exits 1 when a conversion fails or node counts differ.
+Exits 1 when a conversion fails or the histograms differ.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ def convert(python: str, sample: str, out: Path) -> dict:
     return {"exit_code": done.returncode, "versions": report["versions"],
             "seconds": report["seconds"],
             "artifacts": {a["format"]: {"status": a["status"], "nodes": a["nodes"],
+                                        "ops": a["ops"],
                                         "max_abs_err": (a["parity"] or {}).get("max_abs_err")}
                           for a in report["artifacts"]}}
 
@@ -53,7 +55,7 @@ def main() -> int:
                 results.setdefault(tf, {})[sample] = run
     envs = list(results)
     print(f"{'sample':<13} {'target':<12} " + " ".join(f"{'TF ' + e:>22}" for e in envs)
-          + "  nodes")
+          + "  ops")
     consistent = True
     for sample in args.samples.split(","):
         runs = [results[e][sample] for e in envs]
@@ -63,14 +65,14 @@ def main() -> int:
             print(f"{sample:<13} failed: {failed}")
             continue
         for target in runs[0]["artifacts"]:
-            cells, nodes = [], set()
+            cells, ops = [], set()
             for run in runs:
                 found = run["artifacts"].get(target, {})
-                nodes.add(found.get("nodes"))
+                ops.add(json.dumps(found.get("ops"), sort_keys=True))
                 err = found.get("max_abs_err")
                 shown = f"{err:.1e}" if isinstance(err, float) else str(err)
                 cells.append(f"{found.get('status', '-')} {found.get('nodes')} {shown}")
-            same = len(nodes) == 1 and all(r["artifacts"].get(target, {}).get("status") == "ok"
+            same = len(ops) == 1 and all(r["artifacts"].get(target, {}).get("status") == "ok"
                                            for r in runs)
             consistent &= same
             print(f"{sample:<13} {target:<12} " + " ".join(f"{c:>22}" for c in cells)

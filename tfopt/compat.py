@@ -72,8 +72,8 @@ def pack_sequence_as(structure: Any, flat: list) -> Any:
 
 
 def fingerprint_has_uuid() -> bool:
-    """A SavedModel's fingerprint.pb holds a random `uuid` from some release after 2.17 (2.19
-    has it); before, the file is content hashes alone, the same for the same model."""
+    """A SavedModel's fingerprint.pb holds a random `uuid` from TF 2.19 on; before, the file is
+    content hashes alone, the same for the same model."""
     from tensorflow.core.protobuf import fingerprint_pb2
 
     return "uuid" in fingerprint_pb2.FingerprintDef.DESCRIPTOR.fields_by_name
