@@ -126,3 +126,41 @@ def test_native_log_lines_are_dropped_and_everything_else_passes():
     os.close(sink)
     with os.fdopen(sink_read, "rb") as passed:
         assert passed.read() == b"".join(lines[4:])
+
+
+def _private_internals():
+    """The TF internals tfopt calls that no public API offers, as (where, check): the same on
+    every supported release today, so each fails here, by name, on the first that drops it."""
+    import inspect
+
+    import tensorflow as tf
+    from tensorflow.core.protobuf import rewriter_config_pb2
+    from tensorflow.lite.python import schema_py_generated
+    from tensorflow.python.client import pywrap_tf_session
+    from tensorflow.python.framework import convert_to_constants as c2c
+    from tensorflow.python.framework import op_def_registry
+    from tensorflow.python.grappler import tf_optimizer
+
+    return {
+        "freeze core: converter data with a variable denylist": lambda: "variable_names_denylist"
+        in inspect.signature(c2c._FunctionConverterDataInEager).parameters,
+        "freeze core: _replace_variables_by_constants, _construct_concrete_function":
+            lambda: callable(c2c._replace_variables_by_constants)
+            and callable(c2c._construct_concrete_function),
+        "TF1 freeze: convert_variables_to_constants_from_session_graph":
+            lambda: callable(c2c.convert_variables_to_constants_from_session_graph),
+        "loading without the checkpoint": lambda: "experimental_skip_checkpoint"
+        in inspect.signature(tf.saved_model.LoadOptions).parameters,
+        "Grappler: OptimizeGraph and disable_tfg_optimizer": lambda: callable(
+            tf_optimizer.OptimizeGraph) and "disable_tfg_optimizer"
+        in rewriter_config_pb2.RewriterConfig.DESCRIPTOR.fields_by_name,
+        "the op registry": lambda: op_def_registry.get("Conv2D") is not None
+        and callable(pywrap_tf_session.TF_GetAllOpList),
+        "the TFLite flatbuffer schema": lambda: hasattr(schema_py_generated.Model,
+                                                        "GetRootAsModel"),
+    }
+
+
+@pytest.mark.parametrize("internal", sorted(_private_internals()))
+def test_the_private_tensorflow_internals_tfopt_calls_are_there(internal):
+    assert _private_internals()[internal]()
