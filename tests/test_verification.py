@@ -167,3 +167,25 @@ def test_a_deep_image_net_with_large_logits_converts_with_default_flags(tmp_path
         out = artifact.parity.outputs["predictions"]
         assert out["scale"] > 30 and out["max_abs_err"] <= out["tolerance"], out
         assert artifact.batch == {"verified": [1, 3]}
+
+
+def test_a_scalar_output_converts_and_verifies_on_every_target(tmp_path):
+    """A reduce_sum of the whole input: one value per call, whatever the batch."""
+    import tensorflow as tf
+
+    import tfopt
+
+    class Total(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+        def serve(self, x):
+            return {"total": tf.reduce_sum(x)}
+
+    module = Total()
+    tf.saved_model.save(module, str(tmp_path / "total"),
+                        signatures={"serving_default": module.serve})
+    result = tfopt.freeze(tmp_path / "total", tmp_path / "out")
+    assert result.exit_code == 0, [(a.format, a.error) for a in result.artifacts]
+    assert result.outputs[0].shape == ()
+    for artifact in result.artifacts:
+        assert artifact.parity.passed and artifact.batch == {"verified": [1, 3]}
+        assert 0 < artifact.parity.outputs["total"]["scale"]

@@ -93,7 +93,9 @@ def top1_accuracy(outputs: list[dict], labels: np.ndarray) -> float | None:
 
 
 def _stack(samples: list[dict]) -> dict[str, np.ndarray]:
-    return {k: np.concatenate([np.asarray(s[k]) for s in samples]) for k in samples[0]}
+    """Each output's samples joined along the batch axis; a scalar output, one value each."""
+    return {k: np.concatenate([np.atleast_1d(np.asarray(s[k])) for s in samples])
+            for k in samples[0]}
 
 
 def quality(expected: list[dict], actual: list[dict]) -> dict[str, dict]:
