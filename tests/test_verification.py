@@ -188,4 +188,4 @@ def test_a_scalar_output_converts_and_verifies_on_every_target(tmp_path):
     assert result.outputs[0].shape == ()
     for artifact in result.artifacts:
         assert artifact.parity.passed and artifact.batch == {"verified": [1, 3]}
-        assert 0 < artifact.parity.outputs["total"]["scale"]
+        assert artifact.parity.outputs["total"]["scale"] > 0
