@@ -53,7 +53,7 @@ FORWARDING_OPS = frozenset({"Identity", "RefIdentity", "Snapshot", "StopGradient
                             "PreventGradient"})
 
 
-DT_FLOAT, DT_STRING, DT_INT64 = 1, 7, 9  # DataType enums
+DT_FLOAT, DT_INT32, DT_STRING, DT_INT64, DT_RESOURCE = 1, 3, 7, 9, 20  # DataType enums
 FLOAT_TYPES = frozenset({1, 2, 14, 19})  # DataType enums: float32, float64, bfloat16, float16
 # a v1 while loop's back edge: its output feeds a Merge earlier in the loop
 BACK_EDGE_OPS = frozenset({"NextIteration", "RefNextIteration"})

@@ -15,11 +15,14 @@ converter), as ONNX external data, or inline into `model.pb` while it fits.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from tfopt.graph import (
+    DT_INT32,
+    DT_RESOURCE,
     add_const,
     consumers,
     forwarded_reads,
@@ -112,6 +115,7 @@ def freeze(fn: Any, large_bytes: int) -> tuple[Any, Any, dict[str, np.ndarray], 
         frozen = freeze_keeping(fn, set(simple))
         graph_def = frozen.graph.as_graph_def()
         readers = consumers(graph_def)
+    read_values_in_functions(graph_def)
     values, live = externalize(graph_def, readers, simple)
     small = {name: value for name, value in values.items() if value.nbytes < large_bytes}
     inline_constants(graph_def, small)
@@ -131,6 +135,65 @@ def freeze_keeping(fn: Any, kept: set[str]) -> Any:
     return c2c._construct_concrete_function(fn, graph_def, converted)
 
 
+VALUE_READS = frozenset({"ReadVariableOp", "ResourceGather", "ResourceGatherNd"})
+
+
+def read_value(read: Any, dtype: int, add_axis: Callable[[str, np.int32], str]) -> None:
+    """Rewrite in place a read of a variable's handle into the same read of its value:
+    ReadVariableOp -> Identity, ResourceGather(handle, indices) -> GatherV2(params,
+    indices, axis), ResourceGatherNd -> GatherNd. add_axis(name, value) adds a Const for
+    GatherV2's axis where the read lives and returns the input that names it."""
+    indices = read.attr["Tindices"].type
+    batch_dims = read.attr["batch_dims"].i
+    op = read.op
+    read.attr.clear()
+    if op == "ReadVariableOp":
+        read.op = "Identity"
+        read.attr["T"].type = dtype
+        return
+    read.attr["Tparams"].type = dtype
+    read.attr["Tindices"].type = indices
+    if op == "ResourceGatherNd":
+        read.op = "GatherNd"
+        return
+    read.op = "GatherV2"
+    read.input.insert(2, add_axis(f"{read.name}/axis", np.int32(batch_dims)))
+    read.attr["Taxis"].type = DT_INT32
+    read.attr["batch_dims"].i = batch_dims
+
+
+def read_values_in_functions(graph_def: Any) -> int:
+    """TF's freezing turns a variable that a function captures (a While body's embedding)
+    into a value argument, but rewrites only the ReadVariableOps of it: a ResourceGather
+    kept reading a float is what Grappler then refused. Rewrite every read of an argument
+    that is no longer a resource; returns how many."""
+    count = 0
+    for function in graph_def.library.function:
+        values = {arg.name: arg.type for arg in function.signature.input_arg
+                  if arg.type != DT_RESOURCE}
+        reads = [n for n in function.node_def
+                 if n.op in VALUE_READS and n.input and n.input[0] in values]
+        add_axis = _const_adder(function)
+        for read in reads:
+            read_value(read, values[read.input[0]], add_axis)
+        count += len(reads)
+    return count
+
+
+def _const_adder(function: Any) -> Callable[[str, np.int32], str]:
+    """add(name, value): a Const in a FunctionDef, named uniquely; returns its output."""
+    from tfopt.graph import const_node
+
+    taken = {n.name for n in function.node_def}
+
+    def add(name: str, value: np.int32) -> str:
+        node = function.node_def.add()
+        node.CopyFrom(const_node(unique_name(name, taken), value))
+        taken.add(node.name)
+        return f"{node.name}:output:0"
+    return add
+
+
 def externalize(graph_def: Any, readers: dict[str, list], handles: dict[str, Any]
                 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Turn each kept variable's handle Placeholder (in place) into a float Placeholder named
@@ -147,24 +210,13 @@ def externalize(graph_def: Any, readers: dict[str, list], handles: dict[str, Any
         forwarders, reads = forwarded_reads(readers, node.name, IDENTITY)
         for forwarder in forwarders:  # they forward the value now, not the handle
             forwarder.attr["T"].type = dtype
+        def add_axis(name: str, value: np.int32) -> str:
+            axis = add_const(graph_def, unique_name(name, taken), value)
+            taken.add(axis.name)
+            return axis.name
+
         for read in reads:
-            if read.op == "ReadVariableOp":
-                read.op = "Identity"
-                read.attr.clear()
-                read.attr["T"].type = dtype
-            else:  # ResourceGather(handle, indices) -> GatherV2(params, indices, axis 0)
-                batch_dims = read.attr["batch_dims"].i
-                indices = read.attr["Tindices"].type
-                axis = add_const(graph_def, unique_name(f"{read.name}/axis", taken),
-                                 np.int32(batch_dims))
-                taken.add(axis.name)
-                read.op = "GatherV2"
-                read.attr.clear()
-                read.input.insert(2, axis.name)
-                read.attr["Tparams"].type = dtype
-                read.attr["Tindices"].type = indices
-                read.attr["Taxis"].type = axis.attr["dtype"].type
-                read.attr["batch_dims"].i = batch_dims
+            read_value(read, dtype, add_axis)
         name = unique_name(variable.name.split(":")[0], taken - {node.name})
         node.attr.clear()
         node.attr["dtype"].type = dtype
