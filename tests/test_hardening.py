@@ -348,3 +348,47 @@ def test_same_input_same_bytes(sample, tmp_path):
         digests.append({a["format"]: a["sha256"] for a in report["artifacts"]})
     assert set(digests[0]) == {"onnx", "tflite", "pb", "saved_model"}
     assert digests[0] == digests[1]
+
+
+def _keras_zip(path: Path, weights_member: str = "model.weights.h5", zeros: int = 0) -> Path:
+    """A .keras-shaped zip; `zeros` bytes of zeros as its weights (deflated about 230:1)."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        archive.writestr("config.json", "{}")
+        archive.writestr("metadata.json", "{}")
+        with archive.open(weights_member, "w", force_zip64=True) as member:
+            chunk = bytes(min(zeros, 64 << 20))
+            for _ in range(zeros // max(len(chunk), 1)):
+                member.write(chunk)
+    return path
+
+
+def test_a_zip_bomb_keras_file_is_refused_before_anything_unpacks(tmp_path):
+    import tfopt
+    from tfopt.errors import InputError
+
+    import tensorflow  # noqa: F401  (its import is the process's cost, not the check's)
+
+    bomb = _keras_zip(tmp_path / "bomb.keras", zeros=2 << 30)  # 2 GiB of zeros in ~9 MB
+    start = time.perf_counter()
+    with pytest.raises(InputError, match=r"would unpack to 2,147,483,\d+ bytes \(\d+x its "
+                                         r"compressed size\), over the limit of [\d,]+ bytes; "
+                                         r"if you trust the file, pass --max-unpacked-bytes"):
+        tfopt.freeze(bomb, tmp_path / "out")
+    assert time.perf_counter() - start < 1
+    assert not (tmp_path / "out").exists() and sorted(os.listdir(tmp_path)) == ["bomb.keras"]
+    # the limit is the user's to raise: past it, Keras reads the file (and finds no model)
+    with pytest.raises(InputError, match="cannot load Keras file"):
+        tfopt.freeze(bomb, tmp_path / "out", max_unpacked_bytes=3 << 30)
+
+
+def test_a_keras_archive_with_a_path_leaving_it_is_refused(tmp_path):
+    import tfopt
+    from tfopt.errors import InputError
+
+    evil = _keras_zip(tmp_path / "evil.keras", weights_member="../../model.weights.h5")
+    with pytest.raises(InputError, match=r"member '\.\./\.\./model\.weights\.h5', whose path "
+                                         r"leaves the archive"):
+        tfopt.freeze(evil, tmp_path / "out")
+    assert sorted(os.listdir(tmp_path)) == ["evil.keras"]

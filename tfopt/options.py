@@ -164,6 +164,10 @@ class FreezeOptions:
         "SavedModel (and of the TFLite converter's input), external data beside model.onnx; "
         "model.pb inlines them while it fits protobuf's 2 GB (default 256 MiB)", SOURCE,
         parse=int, metavar="BYTES"))
+    max_unpacked_bytes: int | None = _opt(None, Flag(
+        "refuse a .keras archive that declares more bytes than this (default: 100x the "
+        "file's size plus 256 MiB: trained weights barely compress, zip bombs do)", SOURCE,
+        parse=int, metavar="BYTES"))
     passes: tuple[str, ...] = _opt(DEFAULT_PIPELINE, Flag(
         "comma-separated TF pass pipeline", OUTPUT, parse=comma_list))
 
@@ -203,9 +207,12 @@ class FreezeOptions:
         if not isinstance(self.samples, int) or isinstance(self.samples, bool) \
                 or self.samples < 1:
             raise UsageError(f"--samples {self.samples}: verification needs at least 1 sample")
-        if not isinstance(self.large_weight_bytes, int) or self.large_weight_bytes < 1:
-            raise UsageError(f"--large-weight-bytes {self.large_weight_bytes}: give a positive "
-                             "number of bytes")
+        for name, value in (("large_weight_bytes", self.large_weight_bytes),
+                            ("max_unpacked_bytes", self.max_unpacked_bytes)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or value < 1):
+                raise UsageError(f"--{name.replace('_', '-')} {value}: give a positive "
+                                 "number of bytes")
         for name, low, high in (("atol", 0, None), ("rtol", 0, None), ("max_drop", 0, 1),
                                 ("min_cosine", -1, 1), ("min_agreement", 0, 1),
                                 ("mean", None, None), ("scale", None, None)):
@@ -232,7 +239,8 @@ class FreezeOptions:
                            outputs=list(self.outputs) if self.outputs else None,
                            freeze=dict(self.freeze_placeholders),
                            unsafe_keras=self.unsafe_keras,
-                           large_weight_bytes=self.large_weight_bytes)
+                           large_weight_bytes=self.large_weight_bytes,
+                           max_unpacked_bytes=self.max_unpacked_bytes)
 
 
 def parse_options(values: Mapping[str, Any], where: str) -> dict[str, Any]:

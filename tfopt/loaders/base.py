@@ -26,6 +26,7 @@ class LoadOptions:
     freeze: dict[str, str] = field(default_factory=dict)  # TF1: placeholder -> value
     unsafe_keras: bool = False  # load Keras files outside safe mode (runs their Python code)
     large_weight_bytes: int = LARGE_WEIGHT_BYTES  # variables this large stay external
+    max_unpacked_bytes: int | None = None  # a .keras archive's limit (None: from its size)
 
     @property
     def graph_options(self) -> list[str]:

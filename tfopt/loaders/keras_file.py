@@ -10,6 +10,7 @@ from typing import Any
 from tfopt import compat
 from tfopt.categories import is_optimizer_variable
 from tfopt.errors import InputError, UsageError, first_line
+from tfopt.loaders.archive import check_archive
 from tfopt.loaders.base import (
     Description,
     Loaded,
@@ -62,6 +63,8 @@ def load(path: Path, options: LoadOptions) -> Loaded:
     if options.unsafe_keras:
         warnings.warn(f"--unsafe-keras: loading {path} runs the Python code it holds",
                       stacklevel=2)
+    if path.suffix.lower() == ".keras":  # a zip: checked before any member is read
+        check_archive(path, options.max_unpacked_bytes)
     try:
         weights = stored_weights(path)
         model = keras.saving.load_model(str(path), compile=False,
