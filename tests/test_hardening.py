@@ -365,10 +365,10 @@ def _keras_zip(path: Path, weights_member: str = "model.weights.h5", zeros: int 
 
 
 def test_a_zip_bomb_keras_file_is_refused_before_anything_unpacks(tmp_path):
+    import tensorflow  # noqa: F401  (its import is the process's cost, not the check's)
+
     import tfopt
     from tfopt.errors import InputError
-
-    import tensorflow  # noqa: F401  (its import is the process's cost, not the check's)
 
     bomb = _keras_zip(tmp_path / "bomb.keras", zeros=2 << 30)  # 2 GiB of zeros in ~9 MB
     start = time.perf_counter()

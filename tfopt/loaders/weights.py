@@ -24,6 +24,7 @@ from tfopt.graph import (
     DT_INT32,
     DT_RESOURCE,
     add_const,
+    const_node,
     consumers,
     forwarded_reads,
     inline_constants,
@@ -182,8 +183,6 @@ def read_values_in_functions(graph_def: Any) -> int:
 
 def _const_adder(function: Any) -> Callable[[str, np.int32], str]:
     """add(name, value): a Const in a FunctionDef, named uniquely; returns its output."""
-    from tfopt.graph import const_node
-
     taken = {n.name for n in function.node_def}
 
     def add(name: str, value: np.int32) -> str:
@@ -202,6 +201,12 @@ def externalize(graph_def: Any, readers: dict[str, list], handles: dict[str, Any
     nodes = {n.name: n for n in graph_def.node}
     taken = set(nodes)
     values, variables = {}, {}
+
+    def add_axis(name: str, value: np.int32) -> str:
+        axis = add_const(graph_def, unique_name(name, taken), value)
+        taken.add(axis.name)
+        return axis.name
+
     for handle, variable in handles.items():
         node = nodes.get(handle)
         if node is None:
@@ -210,11 +215,6 @@ def externalize(graph_def: Any, readers: dict[str, list], handles: dict[str, Any
         forwarders, reads = forwarded_reads(readers, node.name, IDENTITY)
         for forwarder in forwarders:  # they forward the value now, not the handle
             forwarder.attr["T"].type = dtype
-        def add_axis(name: str, value: np.int32) -> str:
-            axis = add_const(graph_def, unique_name(name, taken), value)
-            taken.add(axis.name)
-            return axis.name
-
         for read in reads:
             read_value(read, dtype, add_axis)
         name = unique_name(variable.name.split(":")[0], taken - {node.name})
