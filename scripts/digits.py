@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from zoo import save_serving
 
 
 def split(seed: int = 0):
@@ -40,8 +41,6 @@ def train(directory: Path, epochs: int = 25, seed: int = 0) -> tuple[Path, dict]
     model.fit(x_train, y_train, epochs=epochs, batch_size=32, verbose=0)
     accuracy = float(model.evaluate(x_test, y_test, verbose=0)[1])
     saved = directory / "digits_cnn"
-    from zoo import save_serving
-
     save_serving(model, saved)
     calibration, evaluation = directory / "calibration.npz", directory / "eval.npz"
     np.savez(calibration, image=x_train[:200])
