@@ -71,7 +71,7 @@ def export(name: str, directory: Path) -> Path:
 def save_serving(model, path) -> None:
     """`model.export(path)`, quiet: Keras 3 prints its signature unless told not to; Keras 2
     (TF 2.15) prints nothing and has no such argument."""
-    import keras
+    from tfopt import compat
 
-    quiet = {"verbose": False} if int(keras.__version__.split(".")[0]) >= 3 else {}
+    quiet = {"verbose": False} if compat.keras_major() >= 3 else {}
     model.export(str(path), **quiet)

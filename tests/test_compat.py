@@ -37,8 +37,8 @@ def test_keras_2_comes_with_tensorflow_2_15_and_keras_3_after():
 
 def test_nested_structures_pack_alike_under_either_keras():
     structure = {"b": (1, 2), "a": [3]}
-    assert compat.is_nested(structure) and not compat.is_nested(np.zeros(3))
-    packed = compat.pack_sequence_as(structure, [10, 20, 30])
+    assert compat.nest().is_nested(structure) and not compat.nest().is_nested(np.zeros(3))
+    packed = compat.nest().pack_sequence_as(structure, [10, 20, 30])
     assert packed == {"a": [10], "b": (20, 30)}  # sorted keys, as Keras and tf.nest flatten
 
 

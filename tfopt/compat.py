@@ -50,25 +50,16 @@ def keras_major() -> int:
     return _release(keras.__version__)[0]
 
 
-def is_nested(structure: Any) -> bool:
-    """keras.tree.is_nested; Keras 2 has no keras.tree, and tf.nest agrees with it."""
+def nest() -> Any:
+    """keras.tree, or tf.nest under Keras 2 (which has no keras.tree): the two agree on
+    is_nested and pack_sequence_as, which is what tfopt calls."""
     if keras_major() >= 3:
         import keras
 
-        return bool(keras.tree.is_nested(structure))
+        return keras.tree
     import tensorflow as tf
 
-    return bool(tf.nest.is_nested(structure))
-
-
-def pack_sequence_as(structure: Any, flat: list) -> Any:
-    if keras_major() >= 3:
-        import keras
-
-        return keras.tree.pack_sequence_as(structure, flat)
-    import tensorflow as tf
-
-    return tf.nest.pack_sequence_as(structure, flat)
+    return tf.nest
 
 
 def fingerprint_has_uuid() -> bool:

@@ -95,10 +95,10 @@ def load(path: Path, options: LoadOptions) -> Loaded:
         feed: Any
         if keyed:
             feed = dict(zip(names, args))
-        elif structure is not None and not compat.is_nested(structure):
+        elif structure is not None and not compat.nest().is_nested(structure):
             feed = args[0]
         elif structure is not None:
-            feed = compat.pack_sequence_as(structure, list(args))
+            feed = compat.nest().pack_sequence_as(structure, list(args))
         else:
             feed = list(args) if len(args) > 1 else args[0]
         outputs = model(feed, training=False)
