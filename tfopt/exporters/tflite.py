@@ -218,7 +218,7 @@ def op_names(path: Path) -> list[str]:
     names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     # the flatbuffer's own accessors, present in every TF: unpacking to ModelT (what
     # flatbuffer_utils does, its reader missing before TF 2.18) would copy every weight
-    model = schema.Model.GetRootAsModel(bytearray(path.read_bytes()), 0)
+    model = schema.Model.GetRootAsModel(path.read_bytes(), 0)
     codes = []
     for i in range(model.OperatorCodesLength()):
         code = model.OperatorCodes(i)
