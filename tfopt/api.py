@@ -7,6 +7,7 @@ import shutil
 import time
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,8 @@ from tfopt.errors import InputError, UsageError, first_line
 from tfopt.exporters import EXPORTERS, ExportOptions, prepare
 from tfopt.graph import constant_bytes, non_finite_constants, op_histogram
 from tfopt.inputs import draw, input_domains
-from tfopt.loaders import Loaded, detect_format, load
+from tfopt.limits import run_bounded
+from tfopt.loaders import Loaded, check_exists, detect_format, load
 from tfopt.model import Model
 from tfopt.options import TARGETS, FreezeOptions
 from tfopt.output import check_output, make_staging, publish, writes_to
@@ -39,7 +41,7 @@ VERIFY_SAMPLES = 64  # calibration samples that quantized artifacts are checked 
 
 def freeze(src: str | os.PathLike, out_dir: str | os.PathLike | None = None,
            options: FreezeOptions | None = None, *, progress: Progress | None = None,
-           **overrides: Any) -> FreezeResult:
+           setup: Callable[[], None] | None = None, **overrides: Any) -> FreezeResult:
     """Freeze a TensorFlow model into verified deployment artifacts.
 
     Args:
@@ -52,6 +54,8 @@ def freeze(src: str | os.PathLike, out_dir: str | os.PathLike | None = None,
         overrides: FreezeOptions fields as keywords, e.g. `targets=["onnx"]`,
             `quantize="int8", calibration="cal.npz"`; they override `options`.
         progress: where to show the stages as they run (tfopt.progress); none by default.
+        setup: with a limit (`timeout`, `max_memory`), called first in the worker process
+            that runs the conversion (the command line quiets the libraries there).
 
     Returns:
         A FreezeResult. A target that failed to convert or verify is recorded there, not
@@ -59,6 +63,9 @@ def freeze(src: str | os.PathLike, out_dir: str | os.PathLike | None = None,
 
     Raises:
         UsageError, InputError: bad arguments or an unreadable source (exit code 2).
+        LimitReached: the run passed `timeout` or `max_memory` (exit code 7). With either
+            set, the conversion runs in a worker process that is killed at the limit;
+            without (the default), in this process, unbounded.
         TypeError: a keyword that is not a FreezeOptions field.
     """
     known = {f.name for f in fields(FreezeOptions)}
@@ -66,15 +73,18 @@ def freeze(src: str | os.PathLike, out_dir: str | os.PathLike | None = None,
     if unknown:
         raise TypeError(f"freeze() got unknown option(s) {unknown}; see FreezeOptions")
     opts = replace(options or FreezeOptions(), **overrides).validate()
-    compat.check_tensorflow()
     start = time.perf_counter()
     src = Path(src)
     out = Path(out_dir) if out_dir is not None else Path("tfopt_out") / (src.stem or "model")
-    detect_format(src)  # a missing or unreadable source costs no staging directory
+    # a missing or unreadable source costs no staging directory; a supervisor reads no
+    # model file (TensorFlow's protos would load TensorFlow there): its worker does
+    check_exists(src) if opts.bounded else detect_format(src)
     out = check_output(src, out, opts.overwrite)
     staging = make_staging(out)
     try:
-        result = _run(src, out, staging, opts, start, progress or Progress())
+        args = (src, out, staging, opts, start)
+        result = run_bounded(_run, args, opts.timeout, opts.max_memory, progress or Progress(),
+                             setup) if opts.bounded else _run(*args, progress or Progress())
         publish(staging, out, opts.overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -85,6 +95,7 @@ def freeze(src: str | os.PathLike, out_dir: str | os.PathLike | None = None,
 def _run(src: Path, out: Path, staging: Path, opts: FreezeOptions, start: float,
          progress: Progress) -> FreezeResult:
     """Everything up to the publish: the finished output is in staging."""
+    compat.check_tensorflow()
     stages = Stages(progress)
     timings = {}
     with stages(f"load {src.name}"):

@@ -7,6 +7,7 @@ EXIT_TARGET_FAILED = 3  # a target failed to convert; the others are still writt
 EXIT_PARITY = 4  # an artifact's outputs differ from the original beyond tolerance
 EXIT_SOME_FAILED = 5  # tfopt batch: some models failed
 EXIT_OUTPUT = 6  # the output could not be written; nothing was published
+EXIT_LIMIT = 7  # the run passed --timeout or --max-memory and was stopped; nothing was published
 
 
 class TfoptError(Exception):

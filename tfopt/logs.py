@@ -52,6 +52,22 @@ def filter_native_log_lines(raw: int, sink: int) -> None:
                 os.write(sink, line)
 
 
+def stderr_open() -> bool:
+    """Whether fd 2 was open; if the caller closed it, /dev/null takes it (else the first
+    file the run opens would, and receive the log lines) and Python gets a sys.stderr."""
+    try:
+        os.fstat(2)
+        return True
+    except OSError:
+        null = os.open(os.devnull, os.O_WRONLY)
+        if null != 2:
+            os.dup2(null, 2)
+            os.close(null)
+        if sys.stderr is None:  # Python's own, None without fd 2 at start-up
+            sys.stderr = sys.__stderr__ = os.fdopen(os.dup(2), "w")  # type: ignore[misc]
+        return False
+
+
 _filtered = False
 
 
@@ -62,15 +78,7 @@ def filter_native_stderr() -> None:
     fatal error's included, reaches the terminal. Python's sys.stderr writes there directly.
     Left alone where sys.stderr is not the process's own (a test capturing it)."""
     global _filtered
-    try:
-        os.fstat(2)
-    except OSError:  # fd 2 closed by the caller: /dev/null there, or the first file the run
-        null = os.open(os.devnull, os.O_WRONLY)  # opens would take fd 2 and the log lines
-        if null != 2:
-            os.dup2(null, 2)
-            os.close(null)
-        if sys.stderr is None:  # Python's own, None without fd 2 at start-up
-            sys.stderr = sys.__stderr__ = os.fdopen(os.dup(2), "w")  # type: ignore[misc]
+    if not stderr_open():
         return
     current = sys.stderr
     if _filtered or current is not sys.__stderr__ or current is None:
@@ -90,11 +98,22 @@ def filter_native_stderr() -> None:
 
 def quiet_libraries(debug: bool) -> None:
     """Quiet TF, tf2onnx and friends; call before TensorFlow is imported."""
+    quiet_python(debug)
+    if debug:
+        return
+    filter_native_stderr()
+    with native_stderr_silenced():
+        import tensorflow  # noqa: F401  (its C++ start-up lines ignore TF_CPP_MIN_LOG_LEVEL)
+
+
+def quiet_python(debug: bool) -> None:
+    """The part of quiet_libraries that starts no thread and imports no library: what a
+    supervisor that forks the run's worker can do before the fork."""
+    stderr_open()
     set_debug(debug)
     if debug:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    filter_native_stderr()
     warnings.filterwarnings("ignore")
     # tfopt's own warnings (--unsafe-keras, --calibration random) still reach the user
     warnings.filterwarnings("default", module=r"tfopt(\.|$)")
@@ -103,5 +122,3 @@ def quiet_libraries(debug: bool) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     # tf2onnx logs "Unsupported ops" at ERROR; our one-line error names them already
     logging.getLogger("tf2onnx").setLevel(logging.CRITICAL)
-    with native_stderr_silenced():
-        import tensorflow  # noqa: F401  (its C++ start-up lines ignore TF_CPP_MIN_LOG_LEVEL)

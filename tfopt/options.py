@@ -18,6 +18,7 @@ from tfopt.data import check_source
 from tfopt.errors import UsageError
 from tfopt.exporters import EXPORTERS
 from tfopt.exporters.base import CALIBRATED, QUANTIZE_MODES
+from tfopt.limits import DEFAULT_TIMEOUT, MEMORY_SHARE, parse_size
 from tfopt.loaders.weights import LARGE_WEIGHT_BYTES
 from tfopt.passes import DEFAULT_PIPELINE, REGISTRY
 
@@ -31,6 +32,7 @@ OBJECTIVES = ("size", "latency")
 # flag groups: SOURCE flags choose what is frozen (every command takes them); the others
 # shape a conversion (tfopt and tfopt batch)
 SOURCE, VERIFY, QUANTIZE, OUTPUT = "source", "verification", "quantization", "output"
+LIMITS = "limit"  # how long and how big a run may get (tfopt and tfopt batch)
 
 
 def comma_list(text: str) -> tuple[str, ...]:
@@ -170,6 +172,16 @@ class FreezeOptions:
         parse=int, metavar="BYTES"))
     passes: tuple[str, ...] = _opt(DEFAULT_PIPELINE, Flag(
         "comma-separated TF pass pipeline", OUTPUT, parse=comma_list))
+    # None: no limit and the run stays in the caller's process (the API's default); the
+    # command line fills in command_line_limits()
+    timeout: float | None = _opt(None, Flag(
+        "stop a run (a batch: each model) still going after this many seconds; 0: no limit "
+        f"(command-line default: {DEFAULT_TIMEOUT:g})", LIMITS, parse=float,
+        metavar="SECONDS"))
+    max_memory: int | None = _opt(None, Flag(
+        "stop a run whose processes' resident memory passes this size (2G, 1500M); 0: no "
+        f"limit (command-line default: {MEMORY_SHARE:.0%} of the memory available at the "
+        "start, shared by the batch workers)", LIMITS, parse=parse_size, metavar="SIZE"))
 
     def __post_init__(self) -> None:
         # sequences from Python callers and manifests become tuples, dicts stay dicts
@@ -182,6 +194,11 @@ class FreezeOptions:
         shapes = {k: tuple(int(d) for d in v) for k, v in dict(self.input_shapes).items()}
         object.__setattr__(self, "input_shapes", shapes)
         object.__setattr__(self, "freeze_placeholders", dict(self.freeze_placeholders))
+        if isinstance(self.max_memory, str):
+            try:
+                object.__setattr__(self, "max_memory", parse_size(self.max_memory))
+            except ValueError as exc:
+                raise UsageError(f"--max-memory: {exc}") from None
 
     def validate(self) -> FreezeOptions:
         """Check what can be checked without the model; returns self (targets deduplicated)."""
@@ -213,7 +230,13 @@ class FreezeOptions:
                                       or value < 1):
                 raise UsageError(f"--{name.replace('_', '-')} {value}: give a positive "
                                  "number of bytes")
+        if self.max_memory is not None and (not isinstance(self.max_memory, int)
+                                            or isinstance(self.max_memory, bool)
+                                            or self.max_memory < 0):
+            raise UsageError(f"--max-memory {self.max_memory}: give a size such as 2G (0: "
+                             "no limit)")
         for name, low, high in (("atol", 0, None), ("rtol", 0, None), ("max_drop", 0, 1),
+                                ("timeout", 0, None),
                                 ("min_cosine", -1, 1), ("min_agreement", 0, 1),
                                 ("mean", None, None), ("scale", None, None)):
             _check_number(name, getattr(self, name), low, high)
@@ -230,6 +253,11 @@ class FreezeOptions:
                              ("--eval", self.eval_data)):
             check_source(source, flag)
         return replace(self, targets=targets)
+
+    @property
+    def bounded(self) -> bool:
+        """Whether the run goes to a supervised worker process (tfopt/limits.py)."""
+        return bool(self.timeout) or bool(self.max_memory)
 
     def load_options(self) -> LoadOptions:
         from tfopt.loaders.base import LoadOptions

@@ -43,14 +43,16 @@ class BatchResult:
 
 
 def run_batch(sources: list[str], out_dir: str | os.PathLike, *, workers: int | None = None,
-              timeout: float | None = None, executor: str = "local",
+              executor: str = "local",
               address: str | None = None, force: bool = False, fail_fast: bool = False,
               ray_cpus: float = 1.0, ray_memory_mb: int = 4096, progress: Any = None,
               options: FreezeOptions | None = None, **overrides: Any) -> BatchResult:
     """Convert many models; the Python API behind `tfopt batch`.
 
-    options (or FreezeOptions fields as keywords: targets, quantize, ...) apply to every
-    model; a manifest row overrides them for its model. Models whose source, options and tfopt
+    options (or FreezeOptions fields as keywords: targets, quantize, timeout, max_memory,
+    ...) apply to every model; a manifest row overrides them for its model. A model's
+    `timeout` and `max_memory` bound its worker process (no limit by default here; the
+    command line's defaults are in tfopt/limits.py). Models whose source, options and tfopt
     version are unchanged since they last converted are skipped unless `force`.
     """
     start = time.perf_counter()
@@ -83,8 +85,8 @@ def run_batch(sources: list[str], out_dir: str | os.PathLike, *, workers: int | 
     # largest sources first: with several workers, a big model started last would finish last
     todo.sort(key=lambda job: -path_bytes(Path(job["src"])))
     if todo:
-        runner = RayExecutor(address, timeout, ray_cpus, ray_memory_mb) if executor == "ray" \
-            else LocalExecutor(workers or os.cpu_count() or 1, timeout)
+        runner = RayExecutor(address, ray_cpus, ray_memory_mb) if executor == "ray" \
+            else LocalExecutor(workers or os.cpu_count() or 1)
         runner.run(todo, str(out), on_done)
     progress.close()
     order = {j.name: i for i, j in enumerate(jobs)}

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tfopt.errors import TfoptError, UsageError, first_line
+from tfopt.limits import SAMPLE_SECONDS, Watch, death, kill_tree
 
 OnDone = Callable[[dict], bool]  # takes a finished record; False stops the batch
 
@@ -21,9 +22,10 @@ def convert(job: dict, out_dir: str) -> dict:
 
     start = time.perf_counter()
     record = {"name": job["name"], "src": job["src"], "key": job["key"], "pid": os.getpid()}
-    try:
+    try:  # the executor enforces the job's limits on this whole process
         result = tfopt.freeze(job["src"], Path(out_dir) / job["name"],
-                              **dict(job["options"], overwrite=True))
+                              **dict(job["options"], overwrite=True, timeout=None,
+                                     max_memory=None))
     except TfoptError as exc:
         return dict(record, status="failed", cause="bad input", error=first_line(exc),
                     seconds=round(time.perf_counter() - start, 2), rows=[])
@@ -61,11 +63,11 @@ def _worker(connection: Any) -> None:
 
 
 class LocalExecutor:
-    """N worker processes; a job that crashes or outlives the timeout costs its worker,
-    which is replaced, and becomes a failed record."""
+    """N worker processes; a job that crashes or passes its time or memory limit costs its
+    worker, which is replaced, and becomes a failed record."""
 
-    def __init__(self, workers: int, timeout: float | None):
-        self.size, self.timeout = workers, timeout
+    def __init__(self, workers: int):
+        self.size = workers
         self.context = multiprocessing.get_context("spawn")
 
     def run(self, jobs: list[dict], out_dir: str, on_done: OnDone) -> None:
@@ -97,13 +99,13 @@ class LocalExecutor:
                     connection, process = idle.pop()
                     job = pending.pop(0)
                     connection.send((job, out_dir))
-                    deadline = time.monotonic() + self.timeout if self.timeout else None
-                    busy[connection] = (process, job, deadline, time.monotonic())
-                waits = [d for _, _, d, _ in busy.values() if d is not None]
-                left = max(0.0, min(waits) - time.monotonic()) if waits else None
-                ready = wait(list(busy) + [p.sentinel for p, *_ in busy.values()], left)
+                    busy[connection] = (process, job, Watch(job["options"].get("timeout"),
+                                                            job["options"].get("max_memory")),
+                                        time.monotonic())
+                ready = wait(list(busy) + [p.sentinel for p, *_ in busy.values()],
+                             SAMPLE_SECONDS)
                 now = time.monotonic()
-                for connection, (process, job, deadline, began) in list(busy.items()):
+                for connection, (process, job, watch, began) in list(busy.items()):
                     record = None
                     if connection in ready:
                         try:
@@ -115,13 +117,15 @@ class LocalExecutor:
                             idle.append((connection, process))
                             done(record)
                             continue
+                    breach = None
                     if process.sentinel in ready or not process.is_alive():
-                        cause, error = "crashed", _death(process)
-                    elif deadline is not None and now >= deadline:
-                        cause, error = "timeout", f"still running after {self.timeout:g} s"
+                        cause, error = "crashed", f"worker {death(process)}"
+                    elif (breach := watch.breach(process.pid)) is not None:
+                        cause = "timeout" if breach == "time" else "memory"
+                        error = watch.message(breach, None)
                     else:
                         continue
-                    process.kill()
+                    kill_tree(process.pid)
                     process.join()
                     del busy[connection]
                     done(dict(job, status="failed", cause=cause, error=error,
@@ -135,24 +139,16 @@ class LocalExecutor:
                 process.join()
 
 
-def _death(process: Any) -> str:
-    code = process.exitcode
-    if code is not None and code < 0:
-        hint = " (killed: out of memory?)" if code == -9 else ""
-        return f"worker died from signal {-code}{hint}"
-    return f"worker exited with code {code}"
-
-
 class RayExecutor:
     """One Ray task per model on an existing cluster (or a local one), with CPU and memory
     requests; a task past the timeout is cancelled."""
 
-    def __init__(self, address: str | None, timeout: float | None, cpus: float, memory_mb: int):
+    def __init__(self, address: str | None, cpus: float, memory_mb: int):
         try:
             import ray
         except ImportError:
             raise UsageError("--executor ray needs Ray: pip install 'tfopt[ray]'") from None
-        self.ray, self.timeout = ray, timeout
+        self.ray = ray
         if not ray.is_initialized():
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
                      ignore_reinit_error=True)
@@ -178,10 +174,11 @@ class RayExecutor:
                         ray.cancel(other, force=True)
                     return
             for ref, (job, began) in list(started.items()):
-                if self.timeout and now - began > self.timeout:
+                timeout = job["options"].get("timeout")
+                if timeout and now - began > timeout:
                     ray.cancel(ref, force=True)
                     started.pop(ref)
                     if not on_done(dict(job, status="failed", cause="timeout",
-                                        error=f"still running after {self.timeout:g} s",
+                                        error=Watch(timeout, None).message("time", None),
                                         seconds=round(now - began, 2), rows=[])):
                         return

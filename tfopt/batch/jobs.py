@@ -122,12 +122,16 @@ def options_dict(options: FreezeOptions) -> dict[str, Any]:
     return {k: v for k, v in asdict(options).items() if v != base[k]}
 
 
+LIMIT_FIELDS = ("timeout", "max_memory")  # bound a run; its artifacts do not depend on them
+
+
 def content_key(job: Job) -> str:
     """sha256 of the source's files (names and bytes), the options and the tfopt version."""
     from tfopt import __version__
 
     digest = hashlib.sha256(__version__.encode())
-    digest.update(json.dumps(job.options, sort_keys=True, default=str).encode())
+    shaping = {k: v for k, v in job.options.items() if k not in LIMIT_FIELDS}  # not outputs
+    digest.update(json.dumps(shaping, sort_keys=True, default=str).encode())
     src = Path(job.src)
     if src.suffix == ".meta":  # a checkpoint: the .meta and its .index/.data files
         files = sorted(Path(p) for p in glob.glob(glob.escape(str(src).removesuffix(".meta"))

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from tfopt.commands.common import given_options, guarded
 from tfopt.commands.freeze import conversion_parser
+from tfopt.limits import command_line_defaults
 from tfopt.logs import quiet_libraries
 
 
@@ -21,7 +23,6 @@ def add_parser(commands, parents: list[argparse.ArgumentParser]) -> None:
     parser.add_argument("-o", "--output", required=True, help="output directory")
     runs = parser.add_argument_group("batch options")
     runs.add_argument("--workers", type=int, help="local worker processes (default: CPUs)")
-    runs.add_argument("--timeout", type=float, help="seconds a model may take")
     runs.add_argument("--executor", choices=["local", "ray"], default="local")
     runs.add_argument("--address", help="Ray cluster address (ray://host:10001, auto)")
     runs.add_argument("--ray-cpus", type=float, default=1.0, help="CPUs per Ray task")
@@ -37,10 +38,11 @@ def run(args: argparse.Namespace) -> int:
     def convert():
         from tfopt.batch import run_batch
 
-        return run_batch(args.sources, args.output, workers=args.workers,
-                         timeout=args.timeout, executor=args.executor, address=args.address,
-                         force=args.force, fail_fast=args.fail_fast, ray_cpus=args.ray_cpus,
-                         ray_memory_mb=args.ray_memory, **given_options(args))
+        workers = args.workers or os.cpu_count() or 1
+        options = {**command_line_defaults(workers), **given_options(args)}
+        return run_batch(args.sources, args.output, workers=workers, executor=args.executor,
+                         address=args.address, force=args.force, fail_fast=args.fail_fast,
+                         ray_cpus=args.ray_cpus, ray_memory_mb=args.ray_memory, **options)
 
     result, code = guarded(convert, args.debug)
     if result is None:

@@ -18,6 +18,7 @@ EXIT_CODES = ("exit codes: 0 success; 1 internal error (a bug: rerun with --debu
               "it); 2 usage error or unreadable input; 3 a target failed to convert (the "
               "others are written); 4 an artifact's outputs differ from the original beyond "
               "tolerance; 5 (batch) some models failed; 6 the output could not be written "
+              "(nothing published); 7 the run passed --timeout or --max-memory and was stopped "
               "(nothing published)")
 
 
@@ -52,6 +53,7 @@ def guarded(call: Callable[[], T], debug: bool) -> tuple[T | None, int | None]:
 def fail(exc: BaseException, debug: bool, code: int, kind: str) -> int:
     if debug:
         traceback.print_exc()
+        print(getattr(exc, "worker_traceback", ""), file=sys.stderr, end="")
     message = one_line(str(exc).splitlines()[0]) if str(exc).strip() else type(exc).__name__
     hint = "" if debug or code != EXIT_INTERNAL else " (rerun with --debug for the traceback)"
     print(f"tfopt: {kind}: {message}{hint}", file=sys.stderr)

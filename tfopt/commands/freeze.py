@@ -3,16 +3,18 @@ tfopt.api.freeze."""
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 
 from tfopt.commands.common import EXIT_CODES, given_options, guarded, option_parser
-from tfopt.logs import quiet_libraries
-from tfopt.options import OUTPUT, QUANTIZE, VERIFY
+from tfopt.limits import command_line_defaults
+from tfopt.logs import quiet_libraries, quiet_python
+from tfopt.options import LIMITS, OUTPUT, QUANTIZE, VERIFY
 
 
 def conversion_parser() -> argparse.ArgumentParser:
-    """The flags that shape a conversion (tfopt and tfopt batch take them)."""
-    return option_parser((OUTPUT, VERIFY, QUANTIZE))
+    """The flags that shape and bound a conversion (tfopt and tfopt batch take them)."""
+    return option_parser((OUTPUT, VERIFY, QUANTIZE, LIMITS))
 
 
 def add_parser(commands, parents: list[argparse.ArgumentParser]) -> None:
@@ -30,14 +32,19 @@ def add_parser(commands, parents: list[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    quiet_libraries(args.debug)
+    options = {**command_line_defaults(), **given_options(args)}
+    bounded = bool(options["timeout"]) or bool(options["max_memory"])
+    if bounded:  # the libraries load in the worker process (tfopt/limits.py)
+        quiet_python(args.debug)
+    else:
+        quiet_libraries(args.debug)
 
     def convert():
         from tfopt.api import freeze
         from tfopt.progress import for_terminal
 
         return freeze(args.src, args.output, progress=for_terminal(args.quiet or args.json),
-                      **given_options(args))
+                      setup=functools.partial(quiet_libraries, args.debug), **options)
 
     result, code = guarded(convert, args.debug)
     if result is None:

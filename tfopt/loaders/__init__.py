@@ -13,15 +13,21 @@ LOADERS: dict[str, Loader] = {
 
 KINDS = "a SavedModel directory, a .keras/.h5 file, a checkpoint's .meta or a .pb/.pbtxt graph"
 
-__all__ = ["LOADERS", "LoadOptions", "Loaded", "Loader", "SourceInfo", "detect_format", "load"]
+__all__ = ["LOADERS", "LoadOptions", "Loaded", "Loader", "SourceInfo", "check_exists",
+           "detect_format", "load"]
 
 
-def detect_format(path: Path) -> str:
+def check_exists(path: Path) -> None:
+    """The checks of detect_format that read no file (and so import no TensorFlow)."""
     if path.is_symlink() and not path.exists():
         raise InputError(f"{path} is a symlink that leads nowhere (missing target or a loop); "
                          f"pass {KINDS}")
     if not path.exists() and not checkpoint.sniff(path):  # a checkpoint may be named by prefix
         raise InputError(f"{path} does not exist; pass {KINDS}")
+
+
+def detect_format(path: Path) -> str:
+    check_exists(path)
     for name, module in LOADERS.items():
         if module.sniff(path):
             return name

@@ -1,0 +1,159 @@
+"""Bounded runs: a model that never ends or fills memory is stopped at --timeout /
+--max-memory with exit 7, names the stage, and publishes nothing (an old OUT stays)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tfopt
+from tfopt.errors import EXIT_LIMIT, UsageError
+from tfopt.limits import LimitReached, available_memory, default_max_memory, parse_size
+from tfopt.options import FreezeOptions
+
+SAMPLES = Path(__file__).resolve().parent.parent / "saved_models"
+
+
+@pytest.fixture(scope="module")
+def endless(tmp_path_factory) -> Path:
+    """A decoder that never emits its end token: the loop's condition stays true."""
+    import tensorflow as tf
+
+    class Endless(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([1, 4], tf.float32, name="x")])
+        def serve(self, x):
+            def cond(i, y):
+                return tf.reduce_max(tf.abs(y)) < 1e30
+
+            _, y = tf.while_loop(cond, lambda i, y: (i + 1, y * 1.0000001 + 1e-9),
+                                 [tf.constant(0), x])
+            return {"y": y}
+
+    path = tmp_path_factory.mktemp("endless") / "model"
+    module = Endless()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    return path
+
+
+@pytest.fixture(scope="module")
+def memory_bomb(tmp_path_factory) -> Path:
+    """Fills a 40000 x 40000 float tensor (6 GB) whose shape is computed from the input."""
+    import tensorflow as tf
+
+    class Bomb(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([1, 4], tf.float32, name="x")])
+        def serve(self, x):
+            side = tf.cast(tf.reduce_sum(x) * 0.0 + 40000.0, tf.int32)
+            return {"s": tf.reduce_sum(tf.fill(tf.stack([side, side]), tf.reduce_mean(x)))}
+
+    path = tmp_path_factory.mktemp("bomb") / "model"
+    module = Bomb()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    return path
+
+
+def tfopt_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tfopt", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def previous_output(out: Path) -> dict[str, bytes]:
+    """An OUT that an earlier run wrote (a report.json with tfopt's version)."""
+    out.mkdir()
+    (out / "report.json").write_text(json.dumps({"tfopt_version": "0.1.0"}))
+    (out / "model.onnx").write_bytes(b"earlier artifact")
+    return {p.name: p.read_bytes() for p in out.iterdir()}
+
+
+def test_a_loop_that_never_ends_stops_at_the_timeout(endless, tmp_path):
+    out = tmp_path / "out"
+    before = previous_output(out)
+    start = time.monotonic()
+    run = tfopt_cli(str(endless), "-o", str(out), "--overwrite", "--timeout", "20")
+    elapsed = time.monotonic() - start
+    assert run.returncode == EXIT_LIMIT, run.stderr
+    assert elapsed <= 30, elapsed
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("tfopt: error: stopped at the time limit") and "--timeout 20" in last
+    assert "during 'the original on" in last, last  # the stage that was running
+    assert "Traceback" not in run.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging left behind
+
+
+def test_a_memory_bomb_stops_at_the_memory_limit(memory_bomb, tmp_path):
+    out = tmp_path / "out"
+    run = tfopt_cli(str(memory_bomb), "-o", str(out), "--max-memory", "2G")
+    assert run.returncode == EXIT_LIMIT, run.stderr
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("tfopt: error: stopped at the memory limit"), last
+    assert "--max-memory 2.00 GiB" in last and "during '" in last
+    reached = float(last.split("reached ")[1].split(" GiB")[0])
+    assert 2.0 <= reached < 3.0  # stopped near the limit, far from the 6 GB it asked for
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_the_api_stops_in_a_worker_and_keeps_its_process(endless, tmp_path):
+    start = time.monotonic()
+    with pytest.raises(LimitReached, match=r"time limit.*--timeout 3") as raised:
+        tfopt.freeze(endless, tmp_path / "out", timeout=3)
+    assert raised.value.exit_code == EXIT_LIMIT
+    assert time.monotonic() - start < 20
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bounded_run_gives_the_same_result_as_an_unbounded_one(tmp_path):
+    """Stages, warnings and the result come back from the worker; the output is published."""
+    seen = []
+
+    class Record(tfopt.progress.Progress):
+        def stage(self, name):
+            seen.append(name)
+            return super().stage(name)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bounded = tfopt.freeze(SAMPLES / "keras_cnn", tmp_path / "a", targets=["onnx"],
+                               calibration="random", quantize="int8", max_memory="8G",
+                               progress=Record())
+    plain = tfopt.freeze(SAMPLES / "keras_cnn", tmp_path / "b", targets=["onnx"],
+                         calibration="random", quantize="int8")
+    assert bounded.exit_code == plain.exit_code
+    assert bounded.artifact("onnx").parity.max_abs_err == plain.artifact("onnx").parity.max_abs_err
+    assert seen[0].startswith("load") and seen[-1] == "onnx: export and verify"
+    assert any("random" in str(w.message) for w in caught)  # --calibration random's warning
+    assert bounded.artifact("onnx").nodes == plain.artifact("onnx").nodes
+    assert (tmp_path / "a" / "model.onnx").is_file()
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert report["artifacts"][0]["precision"] == "int8"
+
+
+def test_bad_input_in_the_worker_keeps_its_message_and_exit_code(tmp_path):
+    (tmp_path / "model.pb").write_bytes(b"\x8a\xff not a graph")
+    run = tfopt_cli(str(tmp_path / "model.pb"), "-o", str(tmp_path / "out"))
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.startswith("tfopt: error:") and "Traceback" not in run.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_limit_flags_parse_and_are_checked():
+    assert parse_size("2G") == parse_size("2GiB") == parse_size("2gb") == 2 * 2**30
+    assert parse_size("1500M") == 1500 * 2**20 and parse_size("123") == 123
+    with pytest.raises(ValueError):
+        parse_size("two gigs")
+    available = available_memory()
+    assert available is not None and available > 2**28
+    assert default_max_memory(2) == pytest.approx(available * 0.45, rel=0.2)
+    with pytest.raises(UsageError, match="--max-memory"):
+        FreezeOptions(max_memory="lots")
+    with pytest.raises(UsageError, match="--timeout -1"):
+        FreezeOptions(timeout=-1).validate()
+    run = tfopt_cli(str(SAMPLES / "keras_cnn"), "--max-memory", "lots", timeout=60)
+    assert run.returncode == 2 and "--max-memory" in run.stderr
+    assert not np.isnan(default_max_memory() or 0)
