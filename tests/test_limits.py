@@ -157,3 +157,64 @@ def test_limit_flags_parse_and_are_checked():
     run = tfopt_cli(str(SAMPLES / "keras_cnn"), "--max-memory", "lots", timeout=60)
     assert run.returncode == 2 and "--max-memory" in run.stderr
     assert not np.isnan(default_max_memory() or 0)
+
+
+def chain_graph(path: Path, length: int) -> Path:
+    """A frozen GraphDef: x -> AddV2 -> AddV2 -> ... (`length` ops), the last named
+    n{length-1}; built as a proto, since TF's graph building takes minutes at a million."""
+    from tensorflow.core.framework import graph_pb2, types_pb2
+
+    graph = graph_pb2.GraphDef()
+    x = graph.node.add(name="x", op="Placeholder")
+    x.attr["dtype"].type = types_pb2.DT_FLOAT
+    previous = "x"
+    for i in range(length):
+        node = graph.node.add(name=f"n{i}", op="AddV2", input=[previous, previous])
+        node.attr["T"].type = types_pb2.DT_FLOAT
+        previous = node.name
+    path.write_bytes(graph.SerializeToString())
+    return path
+
+
+def test_a_million_node_graph_is_refused_before_tensorflow_reads_it(tmp_path):
+    source = chain_graph(tmp_path / "chain.pb", 1_000_000)
+    start = time.monotonic()
+    run = tfopt_cli(str(source), "--outputs", "n999999", "-o", str(tmp_path / "out"))
+    assert run.returncode == 2, run.stderr
+    assert time.monotonic() - start < 60
+    assert run.stderr.strip().splitlines()[-1] == (
+        f"tfopt: error: {source} has 1,000,001 nodes, more than --max-nodes 200,000: "
+        "converting it would take hours (a 100,000-node graph takes minutes, and the time "
+        "grows faster than the node count); raise --max-nodes to try anyway")
+    assert not (tmp_path / "out").exists()
+
+
+def test_max_nodes_counts_what_the_outputs_reach(tmp_path):
+    source = chain_graph(tmp_path / "chain.pb", 300)
+    with pytest.raises(tfopt.errors.InputError, match="has 301 nodes, more than --max-nodes 100"):
+        tfopt.freeze(source, tmp_path / "a", outputs=["n299"], max_nodes=100, targets=["pb"])
+    result = tfopt.freeze(source, tmp_path / "b", outputs=["n49"], max_nodes=100,
+                          targets=["pb"])
+    assert result.exit_code == 0 and result.frozen.ops["AddV2"] == 50
+
+
+def test_onnxoptimizer_is_skipped_with_its_reason_on_huge_graphs():
+    import onnx
+    from onnx import TensorProto, helper
+
+    from tfopt.exporters.onnx.rewrites.maintained import QUADRATIC_FROM_NODES, onnxoptimizer
+    from tfopt.passes.base import PassLog
+
+    count = QUADRATIC_FROM_NODES + 1
+    nodes = [helper.make_node("Relu", [f"v{i}"], [f"v{i + 1}"]) for i in range(count)]
+    graph = helper.make_graph(nodes, "chain",
+                              [helper.make_tensor_value_info("v0", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info(f"v{count}", TensorProto.FLOAT,
+                                                             [1])])
+    model = helper.make_model(graph)
+    log = PassLog()
+    start = time.monotonic()
+    assert onnxoptimizer(model, log) is model
+    assert time.monotonic() - start < 1
+    assert log.skipped and "square of the node count" in str(log.skipped)
+    assert isinstance(model, onnx.ModelProto)

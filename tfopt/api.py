@@ -24,6 +24,7 @@ from tfopt.graph import constant_bytes, non_finite_constants, op_histogram
 from tfopt.inputs import draw, input_domains
 from tfopt.limits import run_bounded
 from tfopt.loaders import Loaded, check_exists, detect_format, load
+from tfopt.loaders.base import check_graph_size
 from tfopt.model import Model
 from tfopt.options import TARGETS, FreezeOptions
 from tfopt.output import check_output, make_staging, publish, writes_to
@@ -101,6 +102,7 @@ def _run(src: Path, out: Path, staging: Path, opts: FreezeOptions, start: float,
     with stages(f"load {src.name}"):
         loaded = load(src, opts.load_options())
     timings["load"] = round(time.perf_counter() - start, 2)
+    check_graph_size(loaded.model.graph_def, opts.max_nodes, "the frozen graph")
     found = io_ops(loaded.model.graph_def, src if src.is_dir() else None)
     refuse_io_ops(found, opts.allow_io_ops)  # before anything runs the model
     model = _fix_input_shapes(loaded.model, dict(opts.input_shapes))

@@ -33,6 +33,7 @@ from tfopt.progress import Progress
 DEFAULT_TIMEOUT = 3600.0  # seconds: the command line's limit per run (and per batch model)
 MEMORY_SHARE = 0.9  # the command line's default --max-memory: this share of what is available
 SAMPLE_SECONDS = 0.05
+MAX_NODES = 200_000  # a 100k-node graph takes minutes; time grows faster than the nodes
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 
@@ -174,10 +175,8 @@ class RelayProgress(Progress):
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
         self.connection.send(("stage", name))
-        try:
-            yield
-        finally:
-            self.connection.send(("done", name))
+        yield  # a stage that raises is closed as failed by the supervisor
+        self.connection.send(("done", name))
 
 
 def _relay_warning(connection: Any) -> Callable[..., None]:

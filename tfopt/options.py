@@ -18,7 +18,7 @@ from tfopt.data import check_source
 from tfopt.errors import UsageError
 from tfopt.exporters import EXPORTERS
 from tfopt.exporters.base import CALIBRATED, QUANTIZE_MODES
-from tfopt.limits import DEFAULT_TIMEOUT, MEMORY_SHARE, parse_size
+from tfopt.limits import DEFAULT_TIMEOUT, MAX_NODES, MEMORY_SHARE, parse_size
 from tfopt.loaders.weights import LARGE_WEIGHT_BYTES
 from tfopt.passes import DEFAULT_PIPELINE, REGISTRY
 
@@ -172,6 +172,9 @@ class FreezeOptions:
         parse=int, metavar="BYTES"))
     passes: tuple[str, ...] = _opt(DEFAULT_PIPELINE, Flag(
         "comma-separated TF pass pipeline", OUTPUT, parse=comma_list))
+    max_nodes: int = _opt(MAX_NODES, Flag(
+        "refuse a graph of more nodes (with its functions' nodes) before converting it",
+        LIMITS, parse=int, metavar="N"))
     # None: no limit and the run stays in the caller's process (the API's default); the
     # command line fills in command_line_limits()
     timeout: float | None = _opt(None, Flag(
@@ -225,7 +228,8 @@ class FreezeOptions:
                 or self.samples < 1:
             raise UsageError(f"--samples {self.samples}: verification needs at least 1 sample")
         for name, value in (("large_weight_bytes", self.large_weight_bytes),
-                            ("max_unpacked_bytes", self.max_unpacked_bytes)):
+                            ("max_unpacked_bytes", self.max_unpacked_bytes),
+                            ("max_nodes", self.max_nodes)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool)
                                       or value < 1):
                 raise UsageError(f"--{name.replace('_', '-')} {value}: give a positive "
@@ -268,7 +272,8 @@ class FreezeOptions:
                            freeze=dict(self.freeze_placeholders),
                            unsafe_keras=self.unsafe_keras,
                            large_weight_bytes=self.large_weight_bytes,
-                           max_unpacked_bytes=self.max_unpacked_bytes)
+                           max_unpacked_bytes=self.max_unpacked_bytes,
+                           max_nodes=self.max_nodes)
 
 
 def parse_options(values: Mapping[str, Any], where: str) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tfopt.artifacts import build_and_check, remove
 from tfopt.exporters import EXPORTERS, ExportOptions
+from tfopt.graph import plain_session
 from tfopt.model import Model
 from tfopt.report import ArtifactReport
 from tfopt.verify import Check
@@ -139,7 +140,7 @@ def layer_sensitivity(model: Model, feeds: list[dict]) -> dict[str, float]:
                and op.outputs[0].dtype == tf.float32 and op.name not in
                {t.name for t in model.inputs}]
     values: dict[str, list] = {t.op.name: [] for t in tensors}
-    with tf.compat.v1.Session(graph=graph) as session:
+    with plain_session(graph) as session:
         for feed in feeds[:SENSITIVITY_SAMPLES]:
             results = session.run(tensors, {f"{k}:0": v for k, v in feed.items()})
             for tensor, value in zip(tensors, results):

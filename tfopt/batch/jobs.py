@@ -122,7 +122,7 @@ def options_dict(options: FreezeOptions) -> dict[str, Any]:
     return {k: v for k, v in asdict(options).items() if v != base[k]}
 
 
-LIMIT_FIELDS = ("timeout", "max_memory")  # bound a run; its artifacts do not depend on them
+LIMIT_FIELDS = ("timeout", "max_memory", "max_nodes")  # bound a run, not its artifacts
 
 
 def content_key(job: Job) -> str:

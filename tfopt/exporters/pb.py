@@ -5,7 +5,7 @@ from pathlib import Path
 
 from tfopt.errors import ConversionError
 from tfopt.exporters.base import Exported, ExportOptions, python_callbacks
-from tfopt.graph import op_histogram
+from tfopt.graph import op_histogram, plain_session
 from tfopt.loaders import weights as external
 from tfopt.model import Model
 
@@ -46,7 +46,7 @@ def runner(path: Path, model: Model):
     graph = tf.Graph()
     with graph.as_default():
         tf.compat.v1.import_graph_def(graph_def, name="")
-    session = tf.compat.v1.Session(graph=graph)
+    session = plain_session(graph)
     fetches = {t.name: t.tensor for t in model.outputs}
 
     def run(feed: dict) -> dict:

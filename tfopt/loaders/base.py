@@ -27,6 +27,7 @@ class LoadOptions:
     unsafe_keras: bool = False  # load Keras files outside safe mode (runs their Python code)
     large_weight_bytes: int = LARGE_WEIGHT_BYTES  # variables this large stay external
     max_unpacked_bytes: int | None = None  # a .keras archive's limit (None: from its size)
+    max_nodes: int | None = None  # a larger graph is refused (check_graph_size)
 
     @property
     def graph_options(self) -> list[str]:
@@ -258,3 +259,19 @@ def variable_stats(prefix: str | None) -> dict:
             stats["optimizer_variables"] += 1
             stats["optimizer_variable_bytes"] += size
     return stats
+
+
+def check_graph_size(graph_def: Any, limit: int | None, what: str,
+                     count: int | None = None) -> None:
+    """Refuse a graph past --max-nodes before anything costly runs: its nodes (or `count`)
+    and its functions' nodes. Converters' time grows faster than the node count, so past
+    the limit a run would take hours, not fail."""
+    if not limit:
+        return
+    count = len(graph_def.node) if count is None else count
+    count += sum(len(f.node_def) for f in graph_def.library.function)
+    if count > limit:
+        raise InputError(f"{what} has {count:,} nodes, more than --max-nodes {limit:,}: "
+                         "converting it would take hours (a 100,000-node graph takes "
+                         "minutes, and the time grows faster than the node count); raise "
+                         "--max-nodes to try anyway")

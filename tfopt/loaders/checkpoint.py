@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tfopt.errors import InputError, first_line
+from tfopt.graph import plain_session
 from tfopt.loaders import tf1
 from tfopt.loaders.base import Description, Loaded, LoadOptions, signature_specs, variable_stats
 
@@ -28,7 +29,7 @@ def load(path: Path, options: LoadOptions) -> Loaded:
         raise InputError(f"{prefix}.index is missing; copy the checkpoint's .index and "
                          f".data-* files next to {meta_file.name}")
     graph = tf.Graph()
-    session = tf.compat.v1.Session(graph=graph)
+    session = plain_session(graph)
     try:
         with graph.as_default():
             saver = tf.compat.v1.train.import_meta_graph(str(meta_file), clear_devices=True)

@@ -4,8 +4,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from tfopt.errors import InputError, first_line
+from tfopt.graph import node_name, plain_session, reachable
 from tfopt.loaders import tf1
-from tfopt.loaders.base import Description, Loaded, LoadOptions, variable_stats
+from tfopt.loaders.base import (
+    Description,
+    Loaded,
+    LoadOptions,
+    check_graph_size,
+    variable_stats,
+)
 
 FORMAT = "graph_def"
 SUFFIXES = (".pb", ".pbtxt", ".graphdef")
@@ -39,6 +46,9 @@ def load(path: Path, options: LoadOptions) -> Loaded:
     import tensorflow as tf
 
     graph_def = read(path)
+    roots = [node_name(tf1.tensor_ref(o)) for o in options.outputs or []]
+    check_graph_size(graph_def, options.max_nodes, str(path), len(reachable(graph_def, roots))
+                     if roots else None)  # before TensorFlow imports it: 45 us a node
     graph = tf.Graph()
     try:
         with graph.as_default():
@@ -47,7 +57,7 @@ def load(path: Path, options: LoadOptions) -> Loaded:
         raise InputError(f"TensorFlow cannot import {path}: {first_line(exc)}") from exc
     outputs = [(tf1.Cut(tf1.tensor_ref(o)).name, tf1.tensor_ref(o))
                for o in options.outputs or []]
-    loaded = tf1.Session(graph, tf.compat.v1.Session(graph=graph), graph.as_graph_def(), path,
+    loaded = tf1.Session(graph, plain_session(graph), graph.as_graph_def(), path,
                          FORMAT)
     return tf1.freeze_session(loaded, None, outputs or None,
                               [tf1.parse_cut(c) for c in options.inputs or []],

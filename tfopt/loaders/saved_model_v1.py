@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tfopt.errors import InputError, first_line
+from tfopt.graph import plain_session
 from tfopt.loaders import saved_model, tf1
 from tfopt.loaders.base import Description, Loaded, LoadOptions
 
@@ -23,7 +24,7 @@ def load(path: Path, options: LoadOptions) -> Loaded:
     if not options.outputs:
         saved_model.check_signature(meta, options.signature, path)
     graph = tf.Graph()
-    session = tf.compat.v1.Session(graph=graph)
+    session = plain_session(graph)
     try:
         with graph.as_default():
             tf.compat.v1.saved_model.loader.load(session, tags, str(path))

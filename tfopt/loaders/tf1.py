@@ -23,6 +23,7 @@ from tfopt.graph import (
     copy_graph,
     is_control,
     node_name,
+    plain_session,
     reachable,
     rename_node,
     unique_name,
@@ -367,7 +368,7 @@ def _frozen_reference(model: Model):
     graph = tf.Graph()
     with graph.as_default():
         tf.compat.v1.import_graph_def(model.graph_def, name="")
-    session = tf.compat.v1.Session(graph=graph)
+    session = plain_session(graph)
     model.meta["reference_session"] = session
     return _session_reference(session, {t.name: t.tensor for t in model.inputs},
                               {t.name: t.tensor for t in model.outputs}, {})
