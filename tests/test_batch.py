@@ -167,3 +167,95 @@ def test_ray_executor_matches_local(models, tmp_path):
 
     assert local.exit_code == remote.exit_code == 0
     assert table(tmp_path / "local") == table(tmp_path / "ray")
+
+
+def worker_pids(batch_pid: int) -> list[int]:
+    """The batch's local worker processes (spawned children running spawn_main)."""
+    found = []
+    for task in Path(f"/proc/{batch_pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            try:
+                if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    found.append(child)
+            except OSError:
+                pass
+    return found
+
+
+def outputs_on_disk(out: Path) -> dict[str, tuple[int, int]]:
+    """model -> (inode, mtime) of its report.json: a reconversion changes both."""
+    found = {}
+    for report in out.glob("[!.]*/report.json"):  # not a staging directory
+        stat = report.stat()
+        found[report.parent.name] = (stat.st_ino, stat.st_mtime_ns)
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1])
+def test_batch_under_faults_converts_every_model_once(tmp_path, seed):
+    """100 models; workers killed with -9 at random moments, then the batch itself; the
+    resumed batch ends with every model converted exactly once or failed with its reason,
+    and summary.json/summary.html saying what the directories hold."""
+    import random
+    import shutil
+
+    rng = random.Random(seed)
+    models = tmp_path / "models"
+    base = scaled_model(tmp_path / "base", 1.0)
+    for i in range(97):
+        shutil.copytree(base, models / f"m{i:03d}")
+    for i in range(3):
+        shutil.copytree(base, models / f"bad{i}")
+        (models / f"bad{i}" / "saved_model.pb").write_bytes(b"\x8a\xff not a proto" * 10)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "tfopt", "batch", str(models), "-o", str(out),
+               "--to", "pb", "--workers", "2"]
+    batch = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    states = out / ".batch"
+    killed = 0
+    deadline = time.monotonic() + 240
+    while killed < 4 and time.monotonic() < deadline:
+        time.sleep(rng.uniform(0.5, 3.0))
+        if len(list(states.glob("*.json"))) < 8 * (killed + 1):
+            continue
+        workers = worker_pids(batch.pid)
+        if workers:
+            os.kill(rng.choice(workers), signal.SIGKILL)
+            killed += 1
+    while len(list(states.glob("*.json"))) < 50 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    orphans = worker_pids(batch.pid)
+    os.kill(batch.pid, signal.SIGKILL)  # the batch alone: its workers must die with it
+    batch.wait()
+    assert killed == 4 and orphans
+    time.sleep(2)
+    assert not [pid for pid in orphans if Path(f"/proc/{pid}").exists()
+                and " Z " not in Path(f"/proc/{pid}/stat").read_text()]
+    converted = outputs_on_disk(out)
+    crashed = {json.loads(p.read_text())["name"] for p in states.glob("*.json")
+               if json.loads(p.read_text())["cause"] == "crashed"}
+    assert 0 < len(crashed) <= 4 and 40 < len(converted) < 100
+
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == EXIT_SOME_FAILED, done.stderr
+    after = outputs_on_disk(out)
+    assert {k: after[k] for k in converted} == converted  # nothing converted twice
+    summary = json.loads((out / "summary.json").read_text())
+    status = {}
+    for row in summary["rows"]:
+        assert status.setdefault(row["model"], row["status"]) == row["status"]
+    good = {f"m{i:03d}" for i in range(97)}
+    assert status == {**dict.fromkeys(good, "ok"), **dict.fromkeys(
+        ["bad0", "bad1", "bad2"], "failed")}
+    assert summary["failures_by_cause"] == {"bad input": ["bad0", "bad1", "bad2"]}
+    assert set(after) == good
+    assert all((out / name / "model.pb").is_file() for name in good)
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".batch"]
+    page = (out / "summary.html").read_text()
+    assert all(name in page for name in status)

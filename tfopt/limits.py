@@ -188,7 +188,7 @@ def _relay_warning(connection: Any) -> Callable[..., None]:
 def _worker(connection: Any, setup: Callable[[], None] | None, call: Callable[..., Any],
             args: tuple) -> None:
     """The worker's body: run call(*args, progress), send back its result or its error."""
-    _die_with_supervisor()
+    die_with_parent()
     if setup is not None:
         setup()
     warnings.showwarning = _relay_warning(connection)
@@ -201,9 +201,9 @@ def _worker(connection: Any, setup: Callable[[], None] | None, call: Callable[..
     connection.close()
 
 
-def _die_with_supervisor() -> None:
-    """Linux: the kernel kills the worker when its parent (the supervisor, or the fork
-    server that dies with it) goes, so a killed tfopt leaves no run behind."""
+def die_with_parent() -> None:
+    """Linux: the kernel kills this worker when its parent (the supervisor, a batch, or the
+    fork server that dies with them) goes, so a killed tfopt leaves no run behind."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 

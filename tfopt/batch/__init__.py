@@ -9,7 +9,6 @@ model x target. jobs.py finds the models, executors.py runs them, summary.py rep
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, replace
@@ -18,12 +17,12 @@ from typing import Any
 
 from tfopt.batch.executors import LocalExecutor, RayExecutor
 from tfopt.batch.jobs import Job, content_key, discover
+from tfopt.batch.state import STATE_DIR, read_state, record_state
 from tfopt.batch.summary import BatchProgress, write_summary
 from tfopt.errors import EXIT_SOME_FAILED
 from tfopt.files import path_bytes
 from tfopt.options import FreezeOptions
-
-STATE_DIR = ".batch"  # OUT/.batch/<name>.json: what the last conversion of a model was
+from tfopt.output import remove_stale_staging
 
 
 @dataclass
@@ -58,12 +57,12 @@ def run_batch(sources: list[str], out_dir: str | os.PathLike, *, workers: int | 
     start = time.perf_counter()
     out = Path(out_dir)
     jobs = discover(list(sources), replace(options or FreezeOptions(), **overrides).validate())
-    state = out / STATE_DIR
-    state.mkdir(parents=True, exist_ok=True)
+    (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(out)  # left by workers killed in an earlier run
     records, todo, skipped = [], [], []
     for job in jobs:
         job.key = content_key(job)
-        previous = _read_state(state / f"{job.name}.json")
+        previous = read_state(out, job.name)
         if not force and previous and previous.get("key") == job.key \
                 and previous.get("status") == "ok" and (out / job.name).is_dir():
             records.append(dict(previous, skipped=True))
@@ -74,8 +73,8 @@ def run_batch(sources: list[str], out_dir: str | os.PathLike, *, workers: int | 
     stop = {"flag": False}
 
     def on_done(record: dict) -> bool:
-        record = dict(record, finished_at=time.time())
-        (state / f"{record['name']}.json").write_text(json.dumps(record, default=str))
+        record_state(out, record)
+        record = read_state(out, record["name"]) or record
         records.append(record)
         progress.update(record)
         if record["status"] != "ok" and fail_fast:
@@ -94,13 +93,6 @@ def run_batch(sources: list[str], out_dir: str | os.PathLike, *, workers: int | 
     result = BatchResult(records, skipped, str(out), round(time.perf_counter() - start, 2))
     write_summary(out, result.records, result.failed, result.skipped, result.seconds)
     return result
-
-
-def _read_state(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 __all__ = ["EXIT_SOME_FAILED", "BatchResult", "Job", "run_batch"]

@@ -10,8 +10,9 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
+from tfopt.batch.state import record_state
 from tfopt.errors import TfoptError, UsageError, first_line
-from tfopt.limits import SAMPLE_SECONDS, Watch, death, kill_tree
+from tfopt.limits import SAMPLE_SECONDS, Watch, death, die_with_parent, kill_tree
 
 OnDone = Callable[[dict], bool]  # takes a finished record; False stops the batch
 
@@ -47,10 +48,19 @@ def convert(job: dict, out_dir: str) -> dict:
                 seconds=round(time.perf_counter() - start, 2), rows=rows)
 
 
+def convert_and_record(job: dict, out_dir: str) -> dict:
+    """convert, and its record written at once: the batch may be killed before it can."""
+    record = convert(job, out_dir)
+    record_state(Path(out_dir), record)
+    return record
+
+
 def _worker(connection: Any) -> None:
-    """A local worker: imports TF once, then converts the jobs it is sent until None."""
+    """A local worker: imports TF once, then converts the jobs it is sent until None. It
+    dies with the batch (a killed batch leaves no conversion running into a resumed one)."""
     from tfopt.logs import quiet_libraries
 
+    die_with_parent()
     quiet_libraries(False)
     import tfopt.api  # noqa: F401  (the import cost is paid once per worker)
 
@@ -59,7 +69,7 @@ def _worker(connection: Any) -> None:
         if message is None:
             return
         job, out_dir = message
-        connection.send(convert(job, out_dir))
+        connection.send(convert_and_record(job, out_dir))
 
 
 class LocalExecutor:
@@ -153,7 +163,7 @@ class RayExecutor:
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
                      ignore_reinit_error=True)
         self.task = ray.remote(num_cpus=cpus, memory=memory_mb * 1024 * 1024,
-                               max_retries=0)(convert)
+                               max_retries=0)(convert_and_record)
 
     def run(self, jobs: list[dict], out_dir: str, on_done: OnDone) -> None:
         ray = self.ray
