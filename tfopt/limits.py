@@ -25,6 +25,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from tfopt.errors import EXIT_LIMIT, TfoptError
@@ -75,10 +76,8 @@ def available_memory() -> int | None:
     return min(found) if found else None
 
 
-def _cgroup_dir(limit_file: str):
+def _cgroup_dir(limit_file: str) -> Path | None:
     """The directory of this process's memory cgroup that holds limit_file, if mounted."""
-    from pathlib import Path
-
     for line in Path("/proc/self/cgroup").read_text().splitlines():
         _, controllers, path = line.split(":", 2)
         for root in (("/sys/fs/cgroup",) if controllers == "" else
@@ -101,34 +100,34 @@ def command_line_defaults(workers: int = 1) -> dict[str, Any]:
     return {"timeout": DEFAULT_TIMEOUT, "max_memory": default_max_memory(workers) or 0}
 
 
-def tree_rss(pid: int) -> int:
-    """Resident bytes of a process and all its descendants (0 once it is gone)."""
-    total, todo, seen = 0, [pid], set()
-    while todo:
-        current = todo.pop()
-        if current in seen:
-            continue
-        seen.add(current)
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            with open(f"/proc/{current}/statm") as handle:
-                total += int(handle.read().split()[1]) * _PAGE
-            for task in os.listdir(f"/proc/{current}/task"):
-                with open(f"/proc/{current}/task/{task}/children") as handle:
-                    todo.extend(int(child) for child in handle.read().split())
-    return total
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL a process and its descendants (children first found, then all at once)."""
+def process_tree(pid: int) -> list[int]:
+    """A process and its descendants, from /proc's children lists (gone ones skipped)."""
     pids, todo = [], [pid]
     while todo:
         current = todo.pop()
+        if current in pids:
+            continue
         pids.append(current)
         with contextlib.suppress(OSError, ValueError):
             for task in os.listdir(f"/proc/{current}/task"):
                 with open(f"/proc/{current}/task/{task}/children") as handle:
                     todo.extend(int(child) for child in handle.read().split())
-    for current in pids:
+    return pids
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of a process and all its descendants (0 once it is gone)."""
+    total = 0
+    for current in process_tree(pid):
+        with contextlib.suppress(OSError, ValueError, IndexError), \
+                open(f"/proc/{current}/statm") as handle:
+            total += int(handle.read().split()[1]) * _PAGE
+    return total
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and its descendants."""
+    for current in process_tree(pid):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(current, signal.SIGKILL)
 

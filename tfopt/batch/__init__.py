@@ -73,8 +73,7 @@ def run_batch(sources: list[str], out_dir: str | os.PathLike, *, workers: int | 
     stop = {"flag": False}
 
     def on_done(record: dict) -> bool:
-        record_state(out, record)
-        record = read_state(out, record["name"]) or record
+        record = record_state(out, record)
         records.append(record)
         progress.update(record)
         if record["status"] != "ok" and fail_fast:

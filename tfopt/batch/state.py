@@ -12,13 +12,16 @@ from pathlib import Path
 STATE_DIR = ".batch"
 
 
-def record_state(out: Path, record: dict) -> None:
+def record_state(out: Path, record: dict) -> dict:
+    """Write the record with its finished_at; returns what was written."""
     directory = out / STATE_DIR
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"{record['name']}.json"
     partial = directory / f".{record['name']}.{os.getpid()}.tmp"
-    partial.write_text(json.dumps(dict(record, finished_at=time.time()), default=str))
+    record = dict(record, finished_at=time.time())
+    partial.write_text(json.dumps(record, default=str))
     os.replace(partial, final)
+    return record
 
 
 def read_state(out: Path, name: str) -> dict | None:
