@@ -151,38 +151,44 @@ def test_manifest_errors_name_the_row(models, tmp_path):
 
 @pytest.mark.slow
 def test_ray_executor_matches_local(models, tmp_path):
+    """Same rows from Ray tasks as from local workers, the hanging model stopped at its time
+    limit by its Ray task as by the local executor."""
     pytest.importorskip("ray")
-    sources = [str(models / f"good{i}") for i in range(3)]
-    local = run_batch(sources, tmp_path / "local", workers=2, targets=TARGETS)
+    sources = [str(models / f"good{i}") for i in range(3)] + [str(models / "hangs")]
+    local = run_batch(sources, tmp_path / "local", workers=2, targets=TARGETS, timeout=25)
     remote = run_batch(sources, tmp_path / "ray", executor="ray", targets=TARGETS,
-                       ray_memory_mb=512)
+                       ray_memory_mb=512, timeout=25)
     import ray
 
     ray.shutdown()
 
     def table(out: Path):
         rows = json.loads((out / "summary.json").read_text())["rows"]
-        return sorted((r["model"], r["target"], r["status"], r["precision"], r["nodes"])
-                      for r in rows)
+        return sorted((r["model"], r["target"], r["status"], r["cause"], r["precision"],
+                       r["nodes"]) for r in rows)
 
-    assert local.exit_code == remote.exit_code == 0
+    assert local.exit_code == remote.exit_code == EXIT_SOME_FAILED
     assert table(tmp_path / "local") == table(tmp_path / "ray")
+    summary = json.loads((tmp_path / "ray" / "summary.json").read_text())
+    assert summary["failures_by_cause"] == {"timeout": ["hangs"]}
+    hangs = next(r for r in summary["rows"] if r["model"] == "hangs")
+    assert "time limit" in hangs["error"] and "--timeout 25" in hangs["error"]
 
 
-def worker_pids(batch_pid: int) -> list[int]:
-    """The batch's local worker processes (spawned children running spawn_main)."""
+def worker_pids(batch_pid: int, executor: str) -> list[int]:
+    """The processes converting the batch's models: its spawned local workers, or the Ray
+    workers running a task (somewhere under the batch's local Ray instance)."""
+    from tfopt.limits import process_tree
+
     found = []
-    for task in Path(f"/proc/{batch_pid}/task").glob("*"):
+    for pid in process_tree(batch_pid)[1:]:
         try:
-            children = (task / "children").read_text().split()
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        for child in map(int, children):
-            try:
-                if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
-                    found.append(child)
-            except OSError:
-                pass
+        if (b"spawn_main" in command and executor == "local") or \
+                (command.startswith(b"ray::bounded_task") and executor == "ray"):
+            found.append(pid)
     return found
 
 
@@ -196,8 +202,8 @@ def outputs_on_disk(out: Path) -> dict[str, tuple[int, int]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [1])
-def test_batch_under_faults_converts_every_model_once(tmp_path, seed):
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_batch_under_faults_converts_every_model_once(tmp_path, executor, seed=1):
     """100 models; workers killed with -9 at random moments, then the batch itself; the
     resumed batch ends with every model converted exactly once or failed with its reason,
     and summary.json/summary.html saying what the directories hold."""
@@ -214,7 +220,9 @@ def test_batch_under_faults_converts_every_model_once(tmp_path, seed):
         (models / f"bad{i}" / "saved_model.pb").write_bytes(b"\x8a\xff not a proto" * 10)
     out = tmp_path / "out"
     command = [sys.executable, "-m", "tfopt", "batch", str(models), "-o", str(out),
-               "--to", "pb", "--workers", "2"]
+               "--to", "pb", "--workers", "2", "--executor", executor]
+    if executor == "ray":
+        pytest.importorskip("ray")
     batch = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     states = out / ".batch"
@@ -224,19 +232,30 @@ def test_batch_under_faults_converts_every_model_once(tmp_path, seed):
         time.sleep(rng.uniform(0.5, 3.0))
         if len(list(states.glob("*.json"))) < 8 * (killed + 1):
             continue
-        workers = worker_pids(batch.pid)
+        workers = worker_pids(batch.pid, executor)
         if workers:
             os.kill(rng.choice(workers), signal.SIGKILL)
             killed += 1
     while len(list(states.glob("*.json"))) < 50 and time.monotonic() < deadline:
         time.sleep(0.2)
-    orphans = worker_pids(batch.pid)
+    from tfopt.limits import process_tree
+
+    orphans = [pid for worker in worker_pids(batch.pid, executor)
+               for pid in process_tree(worker)]  # with what they started
     os.kill(batch.pid, signal.SIGKILL)  # the batch alone: its workers must die with it
     batch.wait()
     assert killed == 4 and orphans
-    time.sleep(2)
-    assert not [pid for pid in orphans if Path(f"/proc/{pid}").exists()
-                and " Z " not in Path(f"/proc/{pid}/stat").read_text()]
+
+    def alive(pid: int) -> bool:
+        try:
+            return " Z " not in Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+
+    ends = time.monotonic() + 30
+    while any(map(alive, orphans)) and time.monotonic() < ends:
+        time.sleep(0.5)
+    assert not [pid for pid in orphans if alive(pid)]
     converted = outputs_on_disk(out)
     crashed = {json.loads(p.read_text())["name"] for p in states.glob("*.json")
                if json.loads(p.read_text())["cause"] == "crashed"}

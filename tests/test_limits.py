@@ -183,19 +183,82 @@ def test_a_million_node_graph_is_refused_before_tensorflow_reads_it(tmp_path):
     assert run.returncode == 2, run.stderr
     assert time.monotonic() - start < 60
     assert run.stderr.strip().splitlines()[-1] == (
-        f"tfopt: error: {source} has 1,000,001 nodes, more than --max-nodes 200,000: "
-        "converting it would take hours (a 100,000-node graph takes minutes, and the time "
-        "grows faster than the node count); raise --max-nodes to try anyway")
+        f"tfopt: error: {source} has 1,000,001 nodes (its function calls expanded), more "
+        "than --max-nodes 200,000: converting it would take hours (a 100,000-node graph "
+        "takes minutes, and the time grows faster than the node count); raise --max-nodes "
+        "to try anyway")
     assert not (tmp_path / "out").exists()
 
 
 def test_max_nodes_counts_what_the_outputs_reach(tmp_path):
     source = chain_graph(tmp_path / "chain.pb", 300)
-    with pytest.raises(tfopt.errors.InputError, match="has 301 nodes, more than --max-nodes 100"):
+    with pytest.raises(tfopt.errors.InputError,
+                       match=r"has 301 nodes \(its function calls expanded\), more than "
+                             "--max-nodes 100"):
         tfopt.freeze(source, tmp_path / "a", outputs=["n299"], max_nodes=100, targets=["pb"])
     result = tfopt.freeze(source, tmp_path / "b", outputs=["n49"], max_nodes=100,
                           targets=["pb"])
     assert result.exit_code == 0 and result.frozen.ops["AddV2"] == 50
+
+
+def nested_calls(path: Path, depth: int, calls: int = 1, recursive: bool = False) -> Path:
+    """A frozen GraphDef y = f{depth-1}(x), where f{i} calls f{i-1} `calls` times in a row
+    (f0 negates); recursive: f0 calls the outermost function instead."""
+    from tensorflow.core.framework import graph_pb2, types_pb2
+
+    graph = graph_pb2.GraphDef()
+    x = graph.node.add(name="x", op="Placeholder")
+    x.attr["dtype"].type = types_pb2.DT_FLOAT
+    x.attr["shape"].shape.dim.add(size=-1)
+    for i in range(depth):
+        function = graph.library.function.add()
+        function.signature.name = f"f{i}"
+        function.signature.input_arg.add(name="a", type=types_pb2.DT_FLOAT)
+        function.signature.output_arg.add(name="out", type=types_pb2.DT_FLOAT)
+        previous = "a"
+        if i == 0 and not recursive:
+            node = function.node_def.add(name="neg", op="Neg", input=[previous])
+            node.attr["T"].type = types_pb2.DT_FLOAT
+            previous = "neg:y:0"
+        for k in range(calls if i else int(recursive)):
+            function.node_def.add(name=f"call{k}", op=f"f{(i or depth) - 1}", input=[previous])
+            previous = f"call{k}:out:0"
+        function.ret["out"] = previous
+    graph.node.add(name="y", op=f"f{depth - 1}", input=["x"])
+    path.write_bytes(graph.SerializeToString())
+    return path
+
+
+@pytest.mark.parametrize("depth, calls, recursive, message", [
+    (1000, 1, False, "nests function calls 1,000 deep, more than --max-call-depth 100: "
+                     "converting it would take hours"),
+    (60, 2, False, "has 1,729,382,256,910,270,464 nodes (its function calls expanded), more "
+                   "than --max-nodes 200,000"),
+    (3, 1, True, "has a function that calls itself, which TensorFlow cannot run"),
+])
+def test_hostile_function_libraries_are_refused_at_once(tmp_path, depth, calls, recursive,
+                                                        message):
+    """Calls nested 1,000 deep (a minute to convert, 3,000: over ten), a library whose every
+    function calls the next twice (2^60 nodes once inlined, in 5 KB), a recursive one."""
+    source = nested_calls(tmp_path / "nested.pb", depth, calls, recursive)
+    start = time.monotonic()
+    with pytest.raises(tfopt.errors.InputError) as raised:
+        tfopt.freeze(source, tmp_path / "out", targets=["pb"])
+    assert time.monotonic() - start < 5
+    assert str(raised.value).startswith(f"{source} {message}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_nested_calls_within_the_limits_convert(tmp_path):
+    """Direct calls (TF1's Defun), 40 deep: Grappler inlines them however small the graph
+    (below 4 nodes it did not, and tf2onnx cannot read a direct call)."""
+    source = nested_calls(tmp_path / "nested.pb", 40, calls=1)
+    result = tfopt.freeze(source, tmp_path / "out", targets=["pb", "onnx"], max_call_depth=40)
+    assert result.exit_code == 0, result.artifacts
+    assert result.frozen.ops == {"Placeholder": 1, "Neg": 1, "Identity": 1}
+    assert result.artifact("onnx").nodes == 1
+    with pytest.raises(tfopt.errors.InputError, match="40 deep, more than --max-call-depth 39"):
+        tfopt.freeze(source, tmp_path / "out2", targets=["pb"], max_call_depth=39)
 
 
 def test_onnxoptimizer_is_skipped_with_its_reason_on_huge_graphs():

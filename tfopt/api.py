@@ -102,7 +102,7 @@ def _run(src: Path, out: Path, staging: Path, opts: FreezeOptions, start: float,
     with stages(f"load {src.name}"):
         loaded = load(src, opts.load_options())
     timings["load"] = round(time.perf_counter() - start, 2)
-    check_graph_size(loaded.model.graph_def, opts.max_nodes, "the frozen graph")
+    check_graph_size(loaded.model.graph_def, opts.load_options(), "the frozen graph")
     found = io_ops(loaded.model.graph_def, src if src.is_dir() else None)
     refuse_io_ops(found, opts.allow_io_ops)  # before anything runs the model
     model = _fix_input_shapes(loaded.model, dict(opts.input_shapes))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 
 
 def node_name(ref: str) -> str:
@@ -46,6 +46,48 @@ def reachable(graph_def, roots: Iterable[str]) -> set[str]:
             if source in by_name and source not in seen:
                 stack.append(source)
     return seen
+
+
+def called_functions(node, library: Container[str]) -> list[str]:
+    """Library functions a node calls: its op (a direct call) and its function attributes."""
+    called = [node.op] if node.op in library else []
+    for attr in node.attr.values():
+        if attr.HasField("func"):
+            called.append(attr.func.name)
+        called.extend(f.name for f in attr.list.func)
+    return [name for name in called if name in library]
+
+
+def inlined_size(graph_def, nodes: Iterable | None = None) -> tuple[int, int]:
+    """(nodes once every function call is expanded in place, deepest call nesting) of the
+    given top-level nodes (default all). A recursive library has depth -1. Iterative: the
+    library may be hostile (10,000 levels, or each level calling the next twice)."""
+    functions = {f.signature.name: f for f in graph_def.library.function}
+    calls = {name: [c for n in f.node_def for c in called_functions(n, functions)]
+             for name, f in functions.items()}
+    size: dict[str, int] = {}
+    depth: dict[str, int] = {}
+    for root in functions:
+        stack, open_ = [root], set()
+        while stack:
+            name = stack[-1]
+            if name in size:
+                stack.pop()
+                continue
+            waiting = [c for c in calls[name] if c not in size]
+            if name not in open_:
+                open_.add(name)
+                if any(c in open_ for c in waiting):
+                    return len(graph_def.node), -1  # a function that calls itself
+                stack.extend(waiting)
+                continue
+            stack.pop()
+            size[name] = len(functions[name].node_def) + sum(size[c] for c in calls[name])
+            depth[name] = 1 + max((depth[c] for c in calls[name]), default=0)
+    top = list(graph_def.node) if nodes is None else list(nodes)
+    called = [c for n in top for c in called_functions(n, functions)]
+    return (len(top) + sum(size[c] for c in called),
+            max((depth[c] for c in called), default=0))
 
 
 # ops whose output 0 is their input 0, unchanged

@@ -35,14 +35,22 @@ DEFAULT_TIMEOUT = 3600.0  # seconds: the command line's limit per run (and per b
 MEMORY_SHARE = 0.9  # the command line's default --max-memory: this share of what is available
 SAMPLE_SECONDS = 0.05
 MAX_NODES = 200_000  # a 100k-node graph takes minutes; time grows faster than the nodes
+MAX_CALL_DEPTH = 100  # inlined names grow with the depth: 1,000 levels take a minute
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+LIMIT_CAUSES = {"time": "timeout", "memory": "memory"}  # Watch.breach -> failure cause
 
 
 class LimitReached(TfoptError):
     """The run passed --timeout or --max-memory and was stopped; nothing was published."""
 
     exit_code = EXIT_LIMIT
+
+    def __init__(self, message: str, cause: str = "timeout"):
+        super().__init__(message)
+        self.cause = cause  # "timeout" or "memory", as a batch's failure causes
 
 
 def parse_size(text: str) -> int:
@@ -221,10 +229,20 @@ class WorkerBug(Exception):
 _context_lock = threading.Lock()
 
 
+_fork_server_wanted = False
+
+
+def prefer_fork_server() -> None:
+    """This process will run many bounded jobs: import TensorFlow once, in a fork server."""
+    global _fork_server_wanted
+    _fork_server_wanted = True
+
+
 def _context() -> Any:
-    """fork where this process has not loaded TensorFlow (nothing to inherit badly);
-    otherwise a fork server that preloaded tfopt's pipeline and TensorFlow once."""
-    if "tensorflow" not in sys.modules and sys.platform == "linux":
+    """fork where this process has not loaded TensorFlow (nothing to inherit badly) and runs
+    one job; otherwise a fork server that preloaded tfopt's pipeline and TensorFlow once."""
+    if "tensorflow" not in sys.modules and not _fork_server_wanted and \
+            sys.platform == "linux":
         return multiprocessing.get_context("fork")
     with _context_lock:
         context = multiprocessing.get_context("forkserver")
@@ -278,7 +296,8 @@ def run_bounded(call: Callable[..., Any], args: tuple, timeout: float | None,
                 raise WorkerBug(f"the worker process {death(worker)}", "")
             if which is not None:
                 kill_tree(worker.pid)
-                raise LimitReached(watch.message(which, stages[-1][0] if stages else None))
+                raise LimitReached(watch.message(which, stages[-1][0] if stages else None),
+                                   LIMIT_CAUSES[which])
     finally:
         for _, shown in reversed(stages):
             with contextlib.suppress(Exception):

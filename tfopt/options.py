@@ -18,7 +18,7 @@ from tfopt.data import check_source
 from tfopt.errors import UsageError
 from tfopt.exporters import EXPORTERS
 from tfopt.exporters.base import CALIBRATED, QUANTIZE_MODES
-from tfopt.limits import DEFAULT_TIMEOUT, MAX_NODES, MEMORY_SHARE, parse_size
+from tfopt.limits import DEFAULT_TIMEOUT, MAX_CALL_DEPTH, MAX_NODES, MEMORY_SHARE, parse_size
 from tfopt.loaders.weights import LARGE_WEIGHT_BYTES
 from tfopt.passes import DEFAULT_PIPELINE, REGISTRY
 
@@ -173,7 +173,10 @@ class FreezeOptions:
     passes: tuple[str, ...] = _opt(DEFAULT_PIPELINE, Flag(
         "comma-separated TF pass pipeline", OUTPUT, parse=comma_list))
     max_nodes: int = _opt(MAX_NODES, Flag(
-        "refuse a graph of more nodes (with its functions' nodes) before converting it",
+        "refuse a graph of more nodes (its function calls expanded) before converting it",
+        LIMITS, parse=int, metavar="N"))
+    max_call_depth: int = _opt(MAX_CALL_DEPTH, Flag(
+        "refuse a graph whose function calls nest deeper than this before converting it",
         LIMITS, parse=int, metavar="N"))
     # None: no limit and the run stays in the caller's process (the API's default); the
     # command line fills in command_line_limits()
@@ -229,11 +232,12 @@ class FreezeOptions:
             raise UsageError(f"--samples {self.samples}: verification needs at least 1 sample")
         for name, value in (("large_weight_bytes", self.large_weight_bytes),
                             ("max_unpacked_bytes", self.max_unpacked_bytes),
-                            ("max_nodes", self.max_nodes)):
+                            ("max_nodes", self.max_nodes),
+                            ("max_call_depth", self.max_call_depth)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool)
                                       or value < 1):
                 raise UsageError(f"--{name.replace('_', '-')} {value}: give a positive "
-                                 "number of bytes")
+                                 "whole number")
         if self.max_memory is not None and (not isinstance(self.max_memory, int)
                                             or isinstance(self.max_memory, bool)
                                             or self.max_memory < 0):
@@ -273,7 +277,7 @@ class FreezeOptions:
                            unsafe_keras=self.unsafe_keras,
                            large_weight_bytes=self.large_weight_bytes,
                            max_unpacked_bytes=self.max_unpacked_bytes,
-                           max_nodes=self.max_nodes)
+                           max_nodes=self.max_nodes, max_call_depth=self.max_call_depth)
 
 
 def parse_options(values: Mapping[str, Any], where: str) -> dict[str, Any]:

@@ -12,21 +12,33 @@ from typing import Any
 
 from tfopt.batch.state import record_state
 from tfopt.errors import TfoptError, UsageError, first_line
-from tfopt.limits import SAMPLE_SECONDS, Watch, death, die_with_parent, kill_tree
+from tfopt.limits import (
+    SAMPLE_SECONDS,
+    LimitReached,
+    Watch,
+    death,
+    die_with_parent,
+    kill_tree,
+    prefer_fork_server,
+)
 
 OnDone = Callable[[dict], bool]  # takes a finished record; False stops the batch
 
 
-def convert(job: dict, out_dir: str) -> dict:
-    """One model, in whatever process runs it: never raises, returns the model's record."""
+def convert(job: dict, out_dir: str, bounded: bool = False) -> dict:
+    """One model, in whatever process runs it: never raises, returns the model's record.
+    bounded: the job's limits are enforced here (in a child process), not by the executor."""
     import tfopt
 
     start = time.perf_counter()
     record = {"name": job["name"], "src": job["src"], "key": job["key"], "pid": os.getpid()}
-    try:  # the executor enforces the job's limits on this whole process
+    limits = {} if bounded else {"timeout": None, "max_memory": None}
+    try:
         result = tfopt.freeze(job["src"], Path(out_dir) / job["name"],
-                              **dict(job["options"], overwrite=True, timeout=None,
-                                     max_memory=None))
+                              **dict(job["options"], overwrite=True, **limits))
+    except LimitReached as exc:
+        return dict(record, status="failed", cause=exc.cause, error=first_line(exc),
+                    seconds=round(time.perf_counter() - start, 2), rows=[])
     except TfoptError as exc:
         return dict(record, status="failed", cause="bad input", error=first_line(exc),
                     seconds=round(time.perf_counter() - start, 2), rows=[])
@@ -48,11 +60,21 @@ def convert(job: dict, out_dir: str) -> dict:
                 seconds=round(time.perf_counter() - start, 2), rows=rows)
 
 
-def convert_and_record(job: dict, out_dir: str) -> dict:
+def convert_and_record(job: dict, out_dir: str, bounded: bool = False) -> dict:
     """convert, and its record written at once: the batch may be killed before it can."""
-    record = convert(job, out_dir)
+    record = convert(job, out_dir, bounded)
     record_state(Path(out_dir), record)
     return record
+
+
+def bounded_task(job: dict, out_dir: str) -> dict:
+    """A Ray task: the job under its own limits, in a child forked from a fork server that
+    loads TensorFlow once per Ray worker."""
+    from tfopt.logs import quiet_python
+
+    quiet_python(False)
+    prefer_fork_server()
+    return convert_and_record(job, out_dir, bounded=True)
 
 
 def _worker(connection: Any) -> None:
@@ -151,7 +173,7 @@ class LocalExecutor:
 
 class RayExecutor:
     """One Ray task per model on an existing cluster (or a local one), with CPU and memory
-    requests; a task past the timeout is cancelled."""
+    requests; each task enforces its job's time and memory limits on a child process."""
 
     def __init__(self, address: str | None, cpus: float, memory_mb: int):
         try:
@@ -163,32 +185,24 @@ class RayExecutor:
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
                      ignore_reinit_error=True)
         self.task = ray.remote(num_cpus=cpus, memory=memory_mb * 1024 * 1024,
-                               max_retries=0)(convert_and_record)
+                               max_retries=0)(bounded_task)
 
     def run(self, jobs: list[dict], out_dir: str, on_done: OnDone) -> None:
         ray = self.ray
         started = {self.task.remote(job, out_dir): (job, time.monotonic()) for job in jobs}
-        while started:
-            ready, _ = ray.wait(list(started), num_returns=1, timeout=1.0)
-            now = time.monotonic()
-            for ref in ready:
-                job, began = started.pop(ref)
-                try:
-                    record = ray.get(ref)
-                except Exception as exc:  # the task's worker died
-                    record = dict(job, status="failed", cause="crashed",
-                                  error=first_line(exc), seconds=round(now - began, 2),
-                                  rows=[])
-                if not on_done(record):
-                    for other in started:
-                        ray.cancel(other, force=True)
-                    return
-            for ref, (job, began) in list(started.items()):
-                timeout = job["options"].get("timeout")
-                if timeout and now - began > timeout:
-                    ray.cancel(ref, force=True)
-                    started.pop(ref)
-                    if not on_done(dict(job, status="failed", cause="timeout",
-                                        error=Watch(timeout, None).message("time", None),
-                                        seconds=round(now - began, 2), rows=[])):
+        try:
+            while started:
+                ready, _ = ray.wait(list(started), num_returns=1, timeout=1.0)
+                for ref in ready:
+                    job, began = started.pop(ref)
+                    try:
+                        record = ray.get(ref)
+                    except Exception as exc:  # the task's worker died
+                        record = dict(job, status="failed", cause="crashed",
+                                      error=first_line(exc),
+                                      seconds=round(time.monotonic() - began, 2), rows=[])
+                    if not on_done(record):
                         return
+        finally:  # also stops the tasks still running after --fail-fast
+            for ref in started:
+                ray.cancel(ref, force=True)

@@ -122,7 +122,8 @@ def options_dict(options: FreezeOptions) -> dict[str, Any]:
     return {k: v for k, v in asdict(options).items() if v != base[k]}
 
 
-LIMIT_FIELDS = ("timeout", "max_memory", "max_nodes")  # bound a run, not its artifacts
+# they bound a run, not its artifacts
+LIMIT_FIELDS = ("timeout", "max_memory", "max_nodes", "max_call_depth")
 
 
 def content_key(job: Job) -> str:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -11,7 +11,14 @@ import numpy as np
 
 from tfopt.categories import is_optimizer_variable, is_update_op
 from tfopt.errors import InputError, first_line
-from tfopt.graph import FORWARDING_OPS, node_name, op_histogram, rename_node, unique_name
+from tfopt.graph import (
+    FORWARDING_OPS,
+    inlined_size,
+    node_name,
+    op_histogram,
+    rename_node,
+    unique_name,
+)
 from tfopt.loaders.tables import freeze_tables
 from tfopt.loaders.weights import LARGE_WEIGHT_BYTES, captured_variables, freeze
 from tfopt.model import Model, TensorSpec
@@ -28,6 +35,7 @@ class LoadOptions:
     large_weight_bytes: int = LARGE_WEIGHT_BYTES  # variables this large stay external
     max_unpacked_bytes: int | None = None  # a .keras archive's limit (None: from its size)
     max_nodes: int | None = None  # a larger graph is refused (check_graph_size)
+    max_call_depth: int | None = None  # and one whose calls nest deeper
 
     @property
     def graph_options(self) -> list[str]:
@@ -261,17 +269,25 @@ def variable_stats(prefix: str | None) -> dict:
     return stats
 
 
-def check_graph_size(graph_def: Any, limit: int | None, what: str,
-                     count: int | None = None) -> None:
-    """Refuse a graph past --max-nodes before anything costly runs: its nodes (or `count`)
-    and its functions' nodes. Converters' time grows faster than the node count, so past
-    the limit a run would take hours, not fail."""
-    if not limit:
-        return
-    count = len(graph_def.node) if count is None else count
-    count += sum(len(f.node_def) for f in graph_def.library.function)
-    if count > limit:
-        raise InputError(f"{what} has {count:,} nodes, more than --max-nodes {limit:,}: "
-                         "converting it would take hours (a 100,000-node graph takes "
-                         "minutes, and the time grows faster than the node count); raise "
-                         "--max-nodes to try anyway")
+def check_graph_size(graph_def: Any, options: LoadOptions, what: str,
+                     nodes: Iterable | None = None) -> None:
+    """Refuse a graph past --max-nodes or --max-call-depth before anything costly runs. The
+    nodes (default all) are counted as inlining functions would expand them: converters'
+    time grows faster than that count, and with the call depth (inlined names grow with
+    it), so past the limits a run would take hours, not fail."""
+    count, depth = inlined_size(graph_def, nodes)
+    if depth < 0:
+        raise InputError(f"{what} has a function that calls itself, which TensorFlow cannot "
+                         "run; re-export the model")
+    limit = options.max_call_depth
+    if limit and depth > limit:
+        raise InputError(f"{what} nests function calls {depth:,} deep, more than "
+                         f"--max-call-depth {limit:,}: converting it would take hours (1,000 "
+                         "levels take a minute, 3,000 more than ten); raise --max-call-depth "
+                         "to try anyway")
+    limit = options.max_nodes
+    if limit and count > limit:
+        raise InputError(f"{what} has {count:,} nodes (its function calls expanded), more than "
+                         f"--max-nodes {limit:,}: converting it would take hours (a 100,000-node "
+                         "graph takes minutes, and the time grows faster than the node count); "
+                         "raise --max-nodes to try anyway")

@@ -47,8 +47,9 @@ def load(path: Path, options: LoadOptions) -> Loaded:
 
     graph_def = read(path)
     roots = [node_name(tf1.tensor_ref(o)) for o in options.outputs or []]
-    check_graph_size(graph_def, options.max_nodes, str(path), len(reachable(graph_def, roots))
-                     if roots else None)  # before TensorFlow imports it: 45 us a node
+    kept = reachable(graph_def, roots) if roots else {n.name for n in graph_def.node}
+    check_graph_size(graph_def, options, str(path),  # before TensorFlow imports it
+                     [n for n in graph_def.node if n.name in kept])
     graph = tf.Graph()
     try:
         with graph.as_default():

@@ -38,6 +38,7 @@ def optimize(graph_def, fetch: list[str], optimizers: list[str]):
     # the zoo or the TF1 training graphs (scripts/fingerprint.py)
     rewrite.meta_optimizer_iterations = rewriter_config_pb2.RewriterConfig.ONE
     rewrite.experimental_disable_folding_quantization_emulation = True
+    rewrite.min_graph_nodes = -1  # also graphs under 4 nodes (a lone call to inline)
     config.graph_options.infer_shapes = True
     # the graph alone: export_meta_graph's op list, another pass over every node, is unused
     meta_graph = meta_graph_pb2.MetaGraphDef(graph_def=graph_def)
