@@ -134,6 +134,20 @@ def test_reports_match_the_shipped_json_schema(outputs, tmp_path):
     for out in (outputs["cnn"], outputs["failing"], outputs["batch"] / "cnn",
                 Path(quantized.out_dir)):
         jsonschema.validate(json.loads((out / "report.json").read_text()), schema)
+    # one verdict: an artifact that fails parity is "differs", never "ok", everywhere
+    differs = tfopt.freeze(SAMPLES / "keras_cnn", tmp_path / "d", targets=["tflite"],
+                           quantize="int8", calibration="random", min_cosine=0.99999999)
+    report = json.loads((tmp_path / "d" / "report.json").read_text())
+    artifact = report["artifacts"][0]
+    assert differs.exit_code == report["exit_code"] == 4
+    assert artifact["status"] == "differs" and not artifact["parity"]["passed"]
+    assert Path(artifact["path"]).is_file()
+    jsonschema.validate(report, schema)
+    artifact["status"] = "ok"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(report, schema)
+    page = (tmp_path / "d" / "report.html").read_text()
+    assert '<div class="banner parity" id="target-tflite"><b>tflite: parity</b>' in page
     stages = json.loads((outputs["cnn"] / "report.json").read_text())["resources"]["stages"]
     assert [s["stage"] for s in stages][-4:] == [f"{t}: export and verify" for t in
                                                  ("onnx", "tflite", "pb", "saved_model")]

@@ -32,7 +32,7 @@ from tfopt.pages import write_report
 from tfopt.passes import run_pipeline
 from tfopt.progress import Progress
 from tfopt.quantize import choose_precision
-from tfopt.report import ArtifactReport, FreezeResult, GraphSummary
+from tfopt.report import WRITTEN, ArtifactReport, FreezeResult, GraphSummary
 from tfopt.resources import Stages
 from tfopt.security import io_ops, refuse_io_ops, security_report
 from tfopt.verify import BUDGETS, Budget, Check, noise_floor, top1_accuracy
@@ -281,6 +281,6 @@ def _export(fmt: str, model: Model, staging: Path, out: Path, options: ExportOpt
         report = build_and_check(fmt, model, staging / exporter.FILENAME, options, check,
                                  explicit)
         report.note = note
-    if report.status == "ok":
+    if report.status in WRITTEN:
         report.path = str(out / exporter.FILENAME)
     return report

@@ -82,6 +82,8 @@ def build_and_check(fmt: str, model: Model, path: Path, options: ExportOptions,
     if large:  # and the runtime's copy, before the next target loads its own
         gc.collect()
     report.parity = check.verdict(actual, report.precision, batched)
+    if not report.parity.passed:
+        report.status = "differs"
     return report
 
 

@@ -145,10 +145,10 @@ def verdict(artifact: dict) -> tuple[str, str]:
     """(ok | failed | parity, one sentence) for a target's banner."""
     if artifact["status"] == "skipped":
         return "skipped", artifact.get("error") or "the target cannot hold this model"
-    if artifact["status"] != "ok":
+    if artifact["status"] == "failed":
         return "failed", artifact.get("error") or "the target failed to convert"
     parity = artifact.get("parity") or {}
-    if not parity.get("passed", True):
+    if artifact["status"] == "differs":
         return "parity", parity.get("reason") or "outputs differ from the original"
     fallback = f"; converted with the converter's {artifact['fallback']} fallback" \
         if artifact.get("fallback") else ""

@@ -48,10 +48,15 @@ class GraphSummary:
         return dict(self.__dict__)
 
 
+WRITTEN = ("ok", "differs")  # artifact statuses whose file is in the output
+
+
 @dataclass
 class ArtifactReport:
     format: str
-    status: str  # "ok", "failed", or "skipped" (a default target that cannot hold the model)
+    # "ok"; "differs": written and runs, but its outputs failed parity (exit 4); "failed";
+    # "skipped" (a default target that cannot hold the model)
+    status: str
     path: str | None = None
     precision: str = "fp32"
     bytes: int | None = None
@@ -111,7 +116,7 @@ class FreezeResult:
 
     @property
     def parity_failures(self) -> list[str]:
-        return [a.format for a in self.artifacts if a.parity and not a.parity.passed]
+        return [a.format for a in self.artifacts if a.status == "differs"]
 
     @property
     def exit_code(self) -> int:

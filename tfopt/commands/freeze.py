@@ -10,6 +10,7 @@ from tfopt.commands.common import EXIT_CODES, given_options, guarded, option_par
 from tfopt.limits import command_line_defaults
 from tfopt.logs import quiet_libraries, quiet_python
 from tfopt.options import LIMITS, OUTPUT, QUANTIZE, VERIFY
+from tfopt.report import WRITTEN
 
 
 def conversion_parser() -> argparse.ArgumentParser:
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     elif not args.quiet:
         print(result.summary())
     for artifact in result.artifacts:
-        if artifact.status != "ok":
+        if artifact.status not in WRITTEN:
             print(f"tfopt: target {artifact.format} failed: {artifact.error}", file=sys.stderr)
     for fmt in result.parity_failures:
         print(f"tfopt: {fmt} outputs differ from the original: "
