@@ -6,7 +6,7 @@
 """
 __version__ = "0.2.0"
 
-__all__ = ["FreezeOptions", "FreezeResult", "__version__", "freeze"]
+__all__ = ["FreezeOptions", "FreezeResult", "__version__", "compare", "freeze"]
 
 
 def __getattr__(name):
@@ -14,6 +14,9 @@ def __getattr__(name):
     if name == "freeze":
         from tfopt.api import freeze
         return freeze
+    if name == "compare":
+        from tfopt.api import compare
+        return compare
     if name == "FreezeOptions":
         from tfopt.options import FreezeOptions
         return FreezeOptions

@@ -8,7 +8,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,8 @@ from tfopt.artifacts import build_and_check
 from tfopt.categories import CATEGORIES
 from tfopt.data import read_feeds
 from tfopt.errors import InputError, UsageError, first_line
-from tfopt.exporters import EXPORTERS, ExportOptions, prepare
+from tfopt.exporters import EXPORTERS, ExportOptions
+from tfopt.exporters import prepare as prepare_for
 from tfopt.graph import constant_bytes, non_finite_constants, op_histogram
 from tfopt.inputs import draw, input_domains
 from tfopt.limits import run_bounded
@@ -29,6 +30,7 @@ from tfopt.model import Model
 from tfopt.options import TARGETS, FreezeOptions
 from tfopt.output import check_output, make_staging, publish, writes_to
 from tfopt.pages import write_report
+from tfopt.pairing import artifact_format, check_artifact
 from tfopt.passes import run_pipeline
 from tfopt.progress import Progress
 from tfopt.quantize import choose_precision
@@ -69,23 +71,69 @@ def freeze(src: str | os.PathLike, out_dir: str | os.PathLike | None = None,
             without (the default), in this process, unbounded.
         TypeError: a keyword that is not a FreezeOptions field.
     """
-    known = {f.name for f in fields(FreezeOptions)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise TypeError(f"freeze() got unknown option(s) {unknown}; see FreezeOptions")
-    opts = replace(options or FreezeOptions(), **overrides).validate()
-    start = time.perf_counter()
+    opts = _options("freeze", options, overrides)
     src = Path(src)
     out = Path(out_dir) if out_dir is not None else Path("tfopt_out") / (src.stem or "model")
+    return _published(_run, src, out, (), opts, progress, setup)
+
+
+def compare(src: str | os.PathLike, artifacts: list[str | os.PathLike],
+            out_dir: str | os.PathLike | None = None, options: FreezeOptions | None = None,
+            *, progress: Progress | None = None, setup: Callable[[], None] | None = None,
+            **overrides: Any) -> FreezeResult:
+    """Verify existing artifacts (tfopt's or any tool's) against their source model, on the
+    inputs and with the rules of a conversion (`tfopt compare`).
+
+    Args:
+        src: the source model, as `freeze` takes it.
+        artifacts: `.onnx` files (external data beside them), `.tflite` files, frozen `.pb`
+            files, SavedModel directories.
+        out_dir: where report.json and report.html go (default `tfopt_compare/<name>`),
+            published as `freeze` publishes.
+        options, progress, setup, overrides: as for `freeze` (the verification, source and
+            limit fields apply).
+
+    Returns:
+        A FreezeResult whose artifacts are the given ones, in order: `exit_code` 0 when all
+        match, 4 when one differs (status "differs"), 3 when one cannot run.
+
+    Raises:
+        InputError: an artifact that does not exist, has no known format, or whose inputs
+            or outputs cannot be paired with the model's (by name, position, or a
+            channels-first layout); and what `freeze` raises for the source.
+    """
+    opts = _options("compare", options, overrides)
+    src = Path(src)
+    if not artifacts:
+        raise UsageError("tfopt compare needs at least one artifact to compare")
+    given = [(artifact_format(Path(a)), Path(a).resolve()) for a in artifacts]
+    out = Path(out_dir) if out_dir is not None else \
+        Path("tfopt_compare") / (src.stem or "model")
+    return _published(_compare, src, out, (given,), opts, progress, setup)
+
+
+def _options(caller: str, options: FreezeOptions | None, overrides: dict) -> FreezeOptions:
+    unknown = sorted(set(overrides) - {f.name for f in fields(FreezeOptions)})
+    if unknown:
+        raise TypeError(f"{caller}() got unknown option(s) {unknown}; see FreezeOptions")
+    return replace(options or FreezeOptions(), **overrides).validate()
+
+
+def _published(run: Callable[..., FreezeResult], src: Path, out: Path, extra: tuple,
+               opts: FreezeOptions, progress: Progress | None,
+               setup: Callable[[], None] | None) -> FreezeResult:
+    """run(src, *extra, out, staging, opts, start, progress) into a staging directory, under
+    the limits if any, then published as OUT; nothing is left behind if it raises."""
+    start = time.perf_counter()
     # a missing or unreadable source costs no staging directory; a supervisor reads no
     # model file (TensorFlow's protos would load TensorFlow there): its worker does
     check_exists(src) if opts.bounded else detect_format(src)
     out = check_output(src, out, opts.overwrite)
     staging = make_staging(out)
     try:
-        args = (src, out, staging, opts, start)
-        result = run_bounded(_run, args, opts.timeout, opts.max_memory, progress or Progress(),
-                             setup) if opts.bounded else _run(*args, progress or Progress())
+        args = (src, *extra, out, staging, opts, start)
+        result = run_bounded(run, args, opts.timeout, opts.max_memory, progress or Progress(),
+                             setup) if opts.bounded else run(*args, progress or Progress())
         publish(staging, out, opts.overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -93,11 +141,37 @@ def freeze(src: str | os.PathLike, out_dir: str | os.PathLike | None = None,
     return result
 
 
-def _run(src: Path, out: Path, staging: Path, opts: FreezeOptions, start: float,
-         progress: Progress) -> FreezeResult:
-    """Everything up to the publish: the finished output is in staging."""
-    compat.check_tensorflow()
+def _compare(src: Path, artifacts: list[tuple[str, Path]], out: Path, staging: Path,
+             opts: FreezeOptions, start: float, progress: Progress) -> FreezeResult:
     stages = Stages(progress)
+    ready = prepare(src, opts, stages, start)
+    reports = []
+    with writes_to(out):
+        for fmt, path in artifacts:
+            with stages(f"{fmt}: {path.name}: verify"):
+                reports.append(check_artifact(fmt, path, ready.model, ready.check, opts))
+        return write_result(ready, reports, opts, out, staging, stages, start)
+
+
+@dataclass
+class Prepared:
+    """A source loaded, optimized, and run on the verification inputs: what every artifact
+    is built from (a conversion) or checked against (tfopt compare)."""
+
+    loaded: Loaded
+    model: Model  # the optimized graph
+    reports: list  # the passes', the exporters' preparation passes appended
+    check: Check
+    verification: dict
+    removed: Counter
+    found: list  # side-effect ops (security report)
+    timings: dict
+    calibration: list[dict] | None
+
+
+def prepare(src: Path, opts: FreezeOptions, stages: Stages, start: float) -> Prepared:
+    """Load, optimize, draw or read the verification inputs, run the original on them."""
+    compat.check_tensorflow()
     timings = {}
     with stages(f"load {src.name}"):
         loaded = load(src, opts.load_options())
@@ -146,35 +220,50 @@ def _run(src: Path, out: Path, staging: Path, opts: FreezeOptions, start: float,
                   _budgets(opts.max_drop, opts.min_cosine, opts.min_agreement), floor,
                   batched if batched_expected is not None else None, batched_expected)
     verification = _verification(drawn, floor, expected, opts, check.batch_size)
-
     removed = Counter(dict.fromkeys(CATEGORIES, 0))
     removed.update(loaded.removed)
     for report in reports[len(loaded.passes):]:  # the loader counted its own passes
         removed.update(report.removed)
+    return Prepared(loaded, model, reports, check, verification, removed, found, timings,
+                    calibration_feeds)
 
+
+def _run(src: Path, out: Path, staging: Path, opts: FreezeOptions, start: float,
+         progress: Progress) -> FreezeResult:
+    """Everything up to the publish: the finished output is in staging."""
+    stages = Stages(progress)
+    ready = prepare(src, opts, stages, start)
     export = ExportOptions(opset=opts.opset, quantize=opts.quantize,
-                           calibration=calibration_feeds, int8_io=opts.int8_io)
+                           calibration=ready.calibration, int8_io=opts.int8_io)
     artifacts = []
     with writes_to(out):
         for fmt in opts.targets:
             with stages(f"{fmt}: export and verify"):
-                prepared, prepared_reports = prepare(fmt, model)
-                reports += prepared_reports
-                artifacts.append(_export(fmt, prepared, staging, out, export, check,
+                prepared, prepared_reports = prepare_for(fmt, ready.model)
+                ready.reports += prepared_reports
+                artifacts.append(_export(fmt, prepared, staging, out, export, ready.check,
                                          opts.objective, opts.targets != TARGETS))
-        result = FreezeResult(
-            tfopt_version=__version__, seconds=0.0, out_dir=str(out), source=loaded.source,
-            inputs=model.inputs, outputs=model.outputs, removed=dict(removed), passes=reports,
-            frozen=GraphSummary(len(model.graph_def.node), op_histogram(model.graph_def),
-                                constant_bytes(model.graph_def), model.weight_bytes),
-            artifacts=artifacts, timings=timings,
-            reference_accuracy=check.reference_accuracy,
-            security=security_report(found, opts.allow_io_ops), verification=verification,
-            resources=stages.report())
-        result.seconds = round(time.perf_counter() - start, 2)
-        written = result.to_json()
-        (staging / "report.json").write_text(written)
-        write_report(staging, json.loads(written))
+        return write_result(ready, artifacts, opts, out, staging, stages, start)
+
+
+def write_result(ready: Prepared, artifacts: list[ArtifactReport], opts: FreezeOptions,
+                 out: Path, staging: Path, stages: Stages, start: float) -> FreezeResult:
+    """The run's FreezeResult, written to staging as report.json and report.html."""
+    model = ready.model
+    result = FreezeResult(
+        tfopt_version=__version__, seconds=0.0, out_dir=str(out), source=ready.loaded.source,
+        inputs=model.inputs, outputs=model.outputs, removed=dict(ready.removed),
+        passes=ready.reports,
+        frozen=GraphSummary(len(model.graph_def.node), op_histogram(model.graph_def),
+                            constant_bytes(model.graph_def), model.weight_bytes),
+        artifacts=artifacts, timings=ready.timings,
+        reference_accuracy=ready.check.reference_accuracy,
+        security=security_report(ready.found, opts.allow_io_ops),
+        verification=ready.verification, resources=stages.report())
+    result.seconds = round(time.perf_counter() - start, 2)
+    written = result.to_json()
+    (staging / "report.json").write_text(written)
+    write_report(staging, json.loads(written))
     return result
 
 

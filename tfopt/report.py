@@ -170,7 +170,8 @@ class FreezeResult:
             parity = a.parity
             err = f"{parity.max_abs_err:.2e}" if parity else "-"
             verdict = ("pass" if parity.passed else "FAIL") if parity else "-"
-            note = a.error or (f"fallback {a.fallback}" if a.fallback else "")
+            note = a.error or "; ".join(filter(None, [
+                f"fallback {a.fallback}" if a.fallback else None, a.note]))
             lines.append(f"  {a.format:<12}{a.status:<8}{a.precision:<14}"
                          f"{human_size(a.bytes):>10}"
                          f"{a.nodes if a.nodes is not None else '-':>7}{err:>13}"

@@ -1,4 +1,5 @@
-"""The command line: `tfopt [freeze] SRC`, `tfopt inspect SRC`, `tfopt batch SOURCES -o OUT`.
+"""The command line: `tfopt [freeze] SRC`, `tfopt compare SRC ARTIFACT...`, `tfopt inspect SRC`,
+`tfopt batch SOURCES -o OUT`.
 
 One argparse parser with a subcommand each; the flags that choose the source are shared
 through a parent parser, and every FreezeOptions flag is generated from the options object.
@@ -9,10 +10,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tfopt.commands import batch, freeze, inspect_model, report_page
+from tfopt.commands import batch, compare, freeze, inspect_model, report_page
 from tfopt.commands.common import EXIT_CODES, Parser, source_parser
 
-COMMANDS = {"freeze": freeze, "inspect": inspect_model, "batch": batch, "report": report_page}
+COMMANDS = {"freeze": freeze, "compare": compare, "inspect": inspect_model, "batch": batch,
+            "report": report_page}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -23,7 +25,7 @@ def parser() -> argparse.ArgumentParser:
         description="Turn a TensorFlow model into lean, verified deployment artifacts. "
                     "`tfopt SRC` is `tfopt freeze SRC`.")
     top.add_argument("--version", action="version", version=f"tfopt {__version__}")
-    commands = top.add_subparsers(dest="command", metavar="{freeze,inspect,batch,report}")
+    commands = top.add_subparsers(dest="command", metavar="{freeze,compare,inspect,batch,report}")
     shared = [source_parser()]
     for name, module in COMMANDS.items():
         module.add_parser(commands, shared if name != "report" else [])

@@ -103,3 +103,42 @@ def source_parser() -> argparse.ArgumentParser:
     parser = option_parser((SOURCE,))
     parser.add_argument("--debug", action="store_true", help="show library logs and tracebacks")
     return parser
+
+
+def run_model(args: argparse.Namespace, options: dict[str, Any],
+              call: Callable[..., Any], artifact_name: Callable[[Any], str]) -> int:
+    """A command that runs a model (tfopt, tfopt compare): the libraries quieted where the
+    run happens, call(progress=, setup=, **options) under the error contract, the summary
+    or report.json printed, one stderr line per failed or differing artifact (named by
+    artifact_name); the exit code."""
+    import functools
+
+    from tfopt.logs import quiet_libraries, quiet_python
+    from tfopt.report import WRITTEN
+
+    if options["timeout"] or options["max_memory"]:  # the libraries load in the worker
+        quiet_python(args.debug)
+    else:
+        quiet_libraries(args.debug)
+
+    def run():
+        from tfopt.progress import for_terminal
+
+        return call(progress=for_terminal(args.quiet or args.json),
+                    setup=functools.partial(quiet_libraries, args.debug), **options)
+
+    result, code = guarded(run, args.debug)
+    if result is None:
+        return code or 1
+    if args.json:
+        print(result.to_json())
+    elif not args.quiet:
+        print(result.summary())
+    for artifact in result.artifacts:
+        if artifact.status not in WRITTEN:
+            print(f"tfopt: {artifact_name(artifact)} failed: {artifact.error}", file=sys.stderr)
+        elif artifact.status == "differs":
+            print(f"tfopt: {artifact_name(artifact)} outputs differ from the original: "
+                  f"{artifact.parity.reason}; see {result.out_dir}/report.json",
+                  file=sys.stderr)
+    return result.exit_code

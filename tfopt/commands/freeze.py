@@ -3,14 +3,10 @@ tfopt.api.freeze."""
 from __future__ import annotations
 
 import argparse
-import functools
-import sys
 
-from tfopt.commands.common import EXIT_CODES, given_options, guarded, option_parser
+from tfopt.commands.common import EXIT_CODES, given_options, option_parser, run_model
 from tfopt.limits import command_line_defaults
-from tfopt.logs import quiet_libraries, quiet_python
 from tfopt.options import LIMITS, OUTPUT, QUANTIZE, VERIFY
-from tfopt.report import WRITTEN
 
 
 def conversion_parser() -> argparse.ArgumentParser:
@@ -33,32 +29,10 @@ def add_parser(commands, parents: list[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    options = {**command_line_defaults(), **given_options(args)}
-    bounded = bool(options["timeout"]) or bool(options["max_memory"])
-    if bounded:  # the libraries load in the worker process (tfopt/limits.py)
-        quiet_python(args.debug)
-    else:
-        quiet_libraries(args.debug)
-
-    def convert():
+    def convert(**options):
         from tfopt.api import freeze
-        from tfopt.progress import for_terminal
 
-        return freeze(args.src, args.output, progress=for_terminal(args.quiet or args.json),
-                      setup=functools.partial(quiet_libraries, args.debug), **options)
+        return freeze(args.src, args.output, **options)
 
-    result, code = guarded(convert, args.debug)
-    if result is None:
-        return code or 1
-    if args.json:
-        print(result.to_json())
-    elif not args.quiet:
-        print(result.summary())
-    for artifact in result.artifacts:
-        if artifact.status not in WRITTEN:
-            print(f"tfopt: target {artifact.format} failed: {artifact.error}", file=sys.stderr)
-    for fmt in result.parity_failures:
-        print(f"tfopt: {fmt} outputs differ from the original: "
-              f"{result.artifact(fmt).parity.reason}; see "
-              f"{result.out_dir}/report.json", file=sys.stderr)
-    return result.exit_code
+    return run_model(args, {**command_line_defaults(), **given_options(args)}, convert,
+                     lambda artifact: f"target {artifact.format}")

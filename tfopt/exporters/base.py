@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Protocol
 
 from tfopt.graph import rename_functions
-from tfopt.model import Model
+from tfopt.model import Model, TensorSpec
 
 _CALLS = itertools.count()
 
@@ -40,6 +40,18 @@ class Exported:
     batch_limit: str | None = None  # why the artifact takes batch 1 only; None: any batch
 
 
+@dataclass
+class Opened:
+    """An artifact opened in its runtime as it is, whoever made it: its own input and output
+    names and shapes, and a run over feeds keyed by its input names (tfopt compare)."""
+
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]  # shapes may be unknown (None) until it runs
+    run: Callable[[dict], dict]
+    precision: str = "fp32"  # as read from the artifact's ops and tensor types
+    signature: str | None = None  # the signature it was opened through, if it has several
+
+
 class Exporter(Protocol):
     """One target: a module in tfopt/exporters/ (or package, like onnx/) with these names."""
 
@@ -53,6 +65,10 @@ class Exporter(Protocol):
     def describe(self, path: Path, model: Model) -> dict[str, int]: ...  # op histogram
 
     def runner(self, path: Path, model: Model) -> Callable[[dict], dict]: ...
+
+    # side-effect ops (pb, SavedModel) are refused unless allowed
+    def open_artifact(self, path: Path, signature: str, allow_io_ops: bool = False
+                      ) -> Opened: ...
 
     def unsupported_ops(self, model: Model, options: ExportOptions) -> list[str]: ...
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from tfopt.errors import ConversionError
-from tfopt.exporters.base import Exported, ExportOptions, python_callbacks
-from tfopt.graph import op_histogram, plain_session
+from tfopt.exporters.base import Exported, ExportOptions, Opened, python_callbacks
+from tfopt.graph import node_name, op_histogram, plain_session
 from tfopt.loaders import weights as external
-from tfopt.model import Model
+from tfopt.model import Model, TensorSpec
+from tfopt.security import io_ops, refuse_io_ops
 
 FORMAT = "pb"
 FILENAME = "model.pb"
@@ -39,16 +40,44 @@ def describe(path: Path, model: Model) -> dict[str, int]:
 
 
 def runner(path: Path, model: Model):
+    return open_artifact(path, model.signature, allow_io_ops=True,
+                         outputs=[t.name for t in model.outputs]).run  # tfopt's own
+
+
+# nodes that end a graph without being a result of it
+_NOT_OUTPUTS = frozenset({"NoOp", "Const", "Placeholder", "PlaceholderWithDefault", "Assert",
+                          "SaveV2", "RestoreV2", "VarHandleOp"})
+
+
+def open_artifact(path: Path, signature: str, allow_io_ops: bool = False,
+                  outputs: list[str] | None = None) -> Opened:
+    """A frozen GraphDef as it is (any producer): its Placeholders are the inputs, the
+    nodes nothing reads (but no-ops and constants) the outputs, or those named, by node
+    name."""
+    import numpy as np
     import tensorflow as tf
 
     graph_def = tf.compat.v1.GraphDef()
     graph_def.ParseFromString(path.read_bytes())
+    refuse_io_ops(io_ops(graph_def), allow_io_ops)  # a stranger's graph runs here
+    read = {node_name(ref) for node in graph_def.node for ref in node.input}
     graph = tf.Graph()
     with graph.as_default():
         tf.compat.v1.import_graph_def(graph_def, name="")
     session = plain_session(graph)
-    fetches = {t.name: t.tensor for t in model.outputs}
+
+    def spec(node) -> TensorSpec:
+        tensor = graph.get_tensor_by_name(f"{node.name}:0")
+        dtype = "string" if tensor.dtype == tf.string else np.dtype(
+            tensor.dtype.as_numpy_dtype).name
+        shape = None if tensor.shape.rank is None else tuple(tensor.shape.as_list())
+        return TensorSpec(node.name, dtype, shape)
+
+    inputs = [spec(n) for n in graph_def.node if n.op == "Placeholder"]
+    ends = [spec(n) for n in graph_def.node if n.name in outputs] if outputs else \
+        [spec(n) for n in graph_def.node if n.name not in read and n.op not in _NOT_OUTPUTS]
+    fetches = {t.name: t.tensor for t in ends}
 
     def run(feed: dict) -> dict:
         return session.run(fetches, {f"{k}:0": v for k, v in feed.items()})
-    return run
+    return Opened(inputs, ends, run)

@@ -7,8 +7,16 @@ from pathlib import Path
 import numpy as np
 
 from tfopt import compat
-from tfopt.exporters.base import Exported, ExportOptions, python_callbacks, save_inference_model
-from tfopt.model import Model
+from tfopt.errors import InputError
+from tfopt.exporters.base import (
+    Exported,
+    ExportOptions,
+    Opened,
+    python_callbacks,
+    save_inference_model,
+)
+from tfopt.model import Model, TensorSpec
+from tfopt.security import io_ops, refuse_io_ops
 
 FORMAT = "saved_model"
 FILENAME = "saved_model"
@@ -54,10 +62,36 @@ def describe(path: Path, model: Model) -> dict[str, int]:
 
 
 def runner(path: Path, model: Model):
+    return open_artifact(path, model.signature, allow_io_ops=True).run  # tfopt's own
+
+
+def open_artifact(path: Path, signature: str, allow_io_ops: bool = False) -> Opened:
+    """A SavedModel as it is (any producer), through the signature of that name, or its
+    only one; its graph is checked for side-effect ops before anything runs."""
     import tensorflow as tf
 
-    fn = tf.saved_model.load(str(path)).signatures[model.signature]
+    from tfopt.loaders.saved_model import read_proto, split_by_signature
+
+    meta = read_proto(path).meta_graphs[0]
+    signatures = [k for k in meta.signature_def if not k.startswith("__")]
+    if signature not in signatures:
+        if len(signatures) != 1:
+            raise InputError(f"{path} has signatures {', '.join(signatures) or 'none'} and "
+                             f"none named '{signature}'; pass --signature")
+        signature = signatures[0]
+    runs = tf.compat.v1.GraphDef()  # what the signature runs (the saver is not run)
+    runs.node.extend(split_by_signature(meta, signature)[0])
+    refuse_io_ops(io_ops(runs, path), allow_io_ops)  # a stranger's graph runs here
+    fn = tf.saved_model.load(str(path)).signatures[signature]
+
+    def spec(name: str, tensor) -> TensorSpec:
+        dtype = "string" if tensor.dtype == tf.string else np.dtype(
+            tensor.dtype.as_numpy_dtype).name
+        shape = None if tensor.shape.rank is None else tuple(tensor.shape.as_list())
+        return TensorSpec(name, dtype, shape)
 
     def run(feed: dict) -> dict:
         return {k: np.asarray(v) for k, v in fn(**feed).items()}
-    return run
+    return Opened([spec(k, t) for k, t in sorted(fn.structured_input_signature[1].items())],
+                  [spec(k, t) for k, t in sorted(fn.structured_outputs.items())], run,
+                  signature=signature)

@@ -7,18 +7,19 @@ import tempfile
 from pathlib import Path
 
 from tfopt import compat
-from tfopt.errors import ConversionError
+from tfopt.errors import ConversionError, InputError
 from tfopt.exporters.base import (
     PRECISION,
     QUANTIZE_MODES,
     Exported,
     ExportOptions,
+    Opened,
     recurrent_layers,
     save_inference_model,
 )
 from tfopt.graph import DT_INT64, DT_STRING
 from tfopt.logs import native_stderr_silenced
-from tfopt.model import Model
+from tfopt.model import Model, TensorSpec
 
 FORMAT = "tflite"
 FILENAME = "model.tflite"
@@ -244,12 +245,31 @@ def interpreter(path: Path):
 
 
 def runner(path: Path, model: Model):
-    """Float feeds in, float outputs out; integer inputs/outputs (--int8-io) are quantized
+    return open_artifact(path, model.signature, allow_io_ops=True).run  # tfopt's own
+
+
+def open_artifact(path: Path, signature: str, allow_io_ops: bool = False) -> Opened:
+    """A .tflite as it is (any producer), through the signature of that name, or its only
+    one. Float feeds in, float outputs out; integer inputs/outputs (--int8-io) are quantized
     and dequantized with the model's own scales."""
     import numpy as np
 
-    runner_fn = interpreter(path).get_signature_runner(model.signature)
+    found = interpreter(path)
+    signatures = list(found.get_signature_list())
+    if signature not in signatures:
+        if len(signatures) != 1:
+            raise InputError(f"{path} has {'no' if not signatures else 'several'} "
+                             f"signatures ({', '.join(signatures) or 'none'}) and none named "
+                             f"'{signature}'; pass --signature")
+        signature = signatures[0]
+    runner_fn = found.get_signature_runner(signature)
     inputs, outputs = runner_fn.get_input_details(), runner_fn.get_output_details()
+
+    def spec(name: str, detail: dict) -> TensorSpec:
+        dims = detail.get("shape_signature", detail["shape"])
+        integer = detail["quantization"][0] and np.issubdtype(detail["dtype"], np.integer)
+        return TensorSpec(name, "float32" if integer else np.dtype(detail["dtype"]).name,
+                          tuple(None if d < 0 else int(d) for d in dims))
 
     def quantize(value, detail):
         scale, zero = detail["quantization"]
@@ -265,4 +285,11 @@ def runner(path: Path, model: Model):
     def run(feed: dict) -> dict:
         result = runner_fn(**{k: quantize(v, inputs[k]) for k, v in feed.items()})
         return {k: dequantize(v, outputs[k]) for k, v in result.items()}
-    return run
+
+    kinds = {np.dtype(t["dtype"]).name for t in found.get_tensor_details()}
+    ops = set(op_names(path))
+    precision = "int16x8" if "int16" in kinds and "int8" in kinds else \
+        "int8" if "QUANTIZE" in ops and "int8" in kinds else \
+        "dynamic-int8" if "int8" in kinds else "fp16" if "float16" in kinds else "fp32"
+    return Opened([spec(k, d) for k, d in inputs.items()],
+                  [spec(k, d) for k, d in outputs.items()], run, precision, signature)

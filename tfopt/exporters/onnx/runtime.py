@@ -6,7 +6,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tfopt.model import Model
+from tfopt.exporters.base import Opened
+from tfopt.model import Model, TensorSpec
 
 
 def session(model: Any) -> Any:
@@ -25,13 +26,41 @@ def describe(path: Path, model: Model) -> dict[str, int]:
 
 
 def runner(path: Path, model: Model) -> Callable[[dict], dict]:
+    return open_artifact(path, model.signature, allow_io_ops=True).run  # tfopt's own
+
+
+# onnxruntime's type strings -> numpy dtype names (TensorSpec.dtype)
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64",
+              "tensor(float16)": "float16", "tensor(int8)": "int8", "tensor(uint8)": "uint8",
+              "tensor(int16)": "int16", "tensor(int32)": "int32", "tensor(int64)": "int64",
+              "tensor(bool)": "bool", "tensor(string)": "string"}
+# op types that say how an ONNX model was quantized (onnxruntime's quantizer writes them)
+_DYNAMIC_OPS = {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
+                "DynamicQuantizeMatMul"}
+
+
+def open_artifact(path: Path, signature: str, allow_io_ops: bool = False) -> Opened:
+    """An ONNX file as it is (any producer); ONNX has one graph, so no signature to pick."""
+    import onnx
+
     found = session(path)
     names = [o.name for o in found.get_outputs()]
+
+    def spec(value: Any) -> TensorSpec:
+        shape = tuple(d if isinstance(d, int) else None for d in value.shape)
+        return TensorSpec(value.name, _ORT_TYPES.get(value.type, value.type), shape)
 
     def run(feed: dict) -> dict:
         return dict(zip(names, found.run(names, {k: _onnx_strings(v) for k, v in
                                                  feed.items()})))
-    return run
+    proto = onnx.load(str(path), load_external_data=False)
+    ops = {n.op_type for n in proto.graph.node}
+    precision = "dynamic-int8" if ops & _DYNAMIC_OPS else \
+        "int8" if "QuantizeLinear" in ops else \
+        "fp16" if any(t.data_type == onnx.TensorProto.FLOAT16
+                      for t in proto.graph.initializer) else "fp32"
+    return Opened([spec(v) for v in found.get_inputs()], [spec(v) for v in found.get_outputs()],
+                  run, precision)
 
 
 def _onnx_strings(value: Any) -> Any:
