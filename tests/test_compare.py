@@ -13,6 +13,12 @@ import pytest
 import tfopt
 from tfopt.errors import InputError
 
+
+def compare_cli(*args: object) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tfopt", "compare", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
 BIAS = np.array([0.25, -0.5, 0.75, 0.125, -0.375], np.float32)
 
 
@@ -98,10 +104,8 @@ def test_tfopts_own_artifacts_match(cnn, artifacts, tmp_path):
 def test_other_tools_artifacts_match_and_channels_first_is_paired(cnn, artifacts, tmp_path):
     """tf2onnx names the input 'image' and the output 'scores' too, the stock converter
     keeps the signature; the NCHW model is fed transposed and says so."""
-    run = subprocess.run([sys.executable, "-m", "tfopt", "compare", str(cnn),
-                          str(artifacts["tf2onnx"]), str(artifacts["stock"]),
-                          str(artifacts["nchw"]), "-o", str(tmp_path / "r")],
-                         capture_output=True, text=True, timeout=300)
+    run = compare_cli(cnn, artifacts["tf2onnx"], artifacts["stock"], artifacts["nchw"],
+                      "-o", tmp_path / "r")
     assert run.returncode == 0, run.stderr
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     rows = [(a["format"], a["status"], a["precision"]) for a in report["artifacts"]]
@@ -113,10 +117,8 @@ def test_other_tools_artifacts_match_and_channels_first_is_paired(cnn, artifacts
 
 
 def test_a_changed_weight_is_found_in_onnx_and_tflite(cnn, artifacts, tmp_path):
-    run = subprocess.run([sys.executable, "-m", "tfopt", "compare", str(cnn),
-                          str(artifacts["corrupt_onnx"]), str(artifacts["corrupt_tflite"]),
-                          str(artifacts["onnx"]), "-o", str(tmp_path / "r")],
-                         capture_output=True, text=True, timeout=300)
+    run = compare_cli(cnn, artifacts["corrupt_onnx"], artifacts["corrupt_tflite"],
+                      artifacts["onnx"], "-o", tmp_path / "r")
     assert run.returncode == 4, run.stderr
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert [a["status"] for a in report["artifacts"]] == ["differs", "differs", "ok"]
@@ -136,9 +138,7 @@ def test_artifacts_that_cannot_be_paired_are_refused(cnn, artifacts, tmp_path):
     with pytest.raises(InputError, match=r"variables is not a \.onnx, \.tflite, frozen \.pb "
                                          "or SavedModel directory"):
         tfopt.compare(cnn, [cnn / "variables"], tmp_path / "b")
-    run = subprocess.run([sys.executable, "-m", "tfopt", "compare", str(cnn),
-                          str(tmp_path / "missing.onnx"), "-o", str(tmp_path / "c")],
-                         capture_output=True, text=True, timeout=300)
+    run = compare_cli(cnn, tmp_path / "missing.onnx", "-o", tmp_path / "c")
     assert run.returncode == 2
     assert run.stderr.strip() == f"tfopt: error: artifact {tmp_path / 'missing.onnx'} does " \
                                  "not exist"
