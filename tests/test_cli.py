@@ -60,6 +60,19 @@ def test_a_closed_stderr_keeps_the_exit_code(tmp_path):
     assert run.returncode == 2 and run.stdout == ""
 
 
+@pytest.mark.parametrize("command", [[], ["freeze"], ["compare"], ["inspect"], ["batch"],
+                                     ["report"]])
+def test_every_help_page_prints(command, capsys):
+    """argparse %-formats help strings: a '%' in one (90% of memory) made --help exit 1."""
+    with pytest.raises(SystemExit) as done:
+        main(command + ["--help"])
+    assert done.value.code == 0
+    page = capsys.readouterr().out
+    assert page.startswith("usage: tfopt") and "Traceback" not in page
+    if command in (["freeze"], ["compare"], ["batch"]):
+        assert "90% of the memory available" in page
+
+
 def test_summary_table_names_every_target(tmp_path, capsys):
     assert main([str(SAMPLES / "keras_cnn"), "-o", str(tmp_path / "o"), "--to", "onnx,pb"]) == 0
     table = capsys.readouterr().out

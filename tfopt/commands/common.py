@@ -72,8 +72,8 @@ def option_parser(groups: tuple[str, ...]) -> argparse.ArgumentParser:
         default = option_default(spec.name)
         shown = "" if default is None or default is False or default in ({}, ()) else \
             f" (default: {','.join(default) if isinstance(default, tuple) else default})"
-        kwargs: dict[str, Any] = {"dest": spec.name, "default": None,
-                                  "help": flag.help + shown}
+        kwargs: dict[str, Any] = {"dest": spec.name, "default": None,  # argparse %-formats
+                                  "help": (flag.help + shown).replace("%", "%%")}
         if spec.type in ("bool", bool):
             kwargs["action"] = "store_true"
         else:
