@@ -189,3 +189,44 @@ def test_a_scalar_output_converts_and_verifies_on_every_target(tmp_path):
     for artifact in result.artifacts:
         assert artifact.parity.passed and artifact.batch == {"verified": [1, 3]}
         assert artifact.parity.outputs["total"]["scale"] > 0
+
+
+def _any_size_module(path, halves: bool):
+    """A channels-last net taking any image size: conv, relu, then a global mean (or, with
+    halves, a pool and an upsample back, which runs at even sizes only)."""
+    import tensorflow as tf
+
+    kernel = np.random.default_rng(3).normal(0, 0.4, (3, 3, 3, 4)).astype(np.float32)
+
+    class AnySize(tf.Module):
+        def __init__(self):
+            self.kernel = tf.Variable(kernel)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32,
+                                                    name="image")])
+        def serve(self, image):
+            h = tf.nn.relu(tf.nn.conv2d(image, self.kernel, 1, "SAME"))
+            if halves:
+                small = tf.nn.max_pool2d(h, 2, 2, "VALID")
+                return {"map": tf.repeat(tf.repeat(small, 2, axis=1), 2, axis=2) + h}
+            return {"mean": tf.reduce_mean(h, [1, 2])}
+
+    module = AnySize()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    return path
+
+
+@pytest.mark.parametrize("halves, second", [(False, [1, 29, 37, 3]), (True, [1, 48, 64, 3])])
+def test_inputs_of_any_size_are_verified_at_a_second_size(tmp_path, halves, second):
+    """Odd and non-square first; a net that halves and doubles runs only at even sizes, so
+    it is verified at the next size of SECOND_SIZES, not at one size."""
+    import tfopt
+
+    source = _any_size_module(tmp_path / "model", halves)
+    result = tfopt.freeze(source, tmp_path / "out")
+    assert result.exit_code == 0, [(a.format, a.error) for a in result.artifacts]
+    shapes = [{"image": [1, 32, 32, 3]}, {"image": second}]
+    assert result.verification["shapes"] == shapes
+    for artifact in result.artifacts:
+        assert artifact.shapes == {"verified": shapes}, artifact.format
+        assert artifact.parity.samples == 3 and artifact.parity.passed

@@ -26,7 +26,7 @@ from tfopt.inputs import draw, input_domains
 from tfopt.limits import run_bounded
 from tfopt.loaders import Loaded, check_exists, detect_format, load
 from tfopt.loaders.base import check_graph_size
-from tfopt.model import Model
+from tfopt.model import SECOND_SIZES, Model
 from tfopt.options import TARGETS, FreezeOptions
 from tfopt.output import check_output, make_staging, publish, writes_to
 from tfopt.pages import write_report
@@ -37,7 +37,7 @@ from tfopt.quantize import choose_precision
 from tfopt.report import WRITTEN, ArtifactReport, FreezeResult, GraphSummary
 from tfopt.resources import Stages
 from tfopt.security import io_ops, refuse_io_ops, security_report
-from tfopt.verify import BUDGETS, Budget, Check, noise_floor, top1_accuracy
+from tfopt.verify import BUDGETS, Budget, Check, feed_shapes, noise_floor, top1_accuracy
 
 VERIFY_SAMPLES = 64  # calibration samples that quantized artifacts are checked on
 
@@ -214,12 +214,17 @@ def prepare(src: Path, opts: FreezeOptions, stages: Stages, start: float) -> Pre
         floor = noise_floor(loaded.reference, feeds, expected)
         batched = _batched(model, feeds) if labels is None else None
         batched_expected = None if batched is None else _batch_reference(loaded, batched)
+        reshaped, reshaped_expected = (None, None) if drawn is None else \
+            _other_size(model, loaded, dict(opts.input_shapes))
     timings["reference"] = round(time.perf_counter() - mark, 2)  # noise floor, batch included
     check = Check(feeds, expected, opts.atol, opts.rtol, labels,
                   top1_accuracy(expected, labels) if labels is not None else None,
                   _budgets(opts.max_drop, opts.min_cosine, opts.min_agreement), floor,
-                  batched if batched_expected is not None else None, batched_expected)
+                  batched if batched_expected is not None else None, batched_expected,
+                  reshaped, reshaped_expected)
     verification = _verification(drawn, floor, expected, opts, check.batch_size)
+    verification["shapes"] = [feed_shapes(feeds[0])] + (
+        [feed_shapes(check.reshaped)] if check.reshaped is not None else [])
     removed = Counter(dict.fromkeys(CATEGORIES, 0))
     removed.update(loaded.removed)
     for report in reports[len(loaded.passes):]:  # the loader counted its own passes
@@ -309,6 +314,30 @@ def _batch_reference(loaded: Loaded, batched: dict) -> dict | None:
         warnings.warn(f"the original model does not run a batch of {BATCH}: "
                       f"{first_line(exc)}; artifacts are verified at batch 1 only", stacklevel=3)
         return None
+
+
+def _other_size(model: Model, loaded: Loaded, shapes: dict[str, tuple[int, ...]]
+                ) -> tuple[dict, dict] | tuple[None, None]:
+    """One drawn feed at another size of the inputs whose sequence or spatial dims are
+    unknown (and not set by --input-shape), the first of SECOND_SIZES the original runs,
+    and its outputs there; (None, None) when no input varies or no size runs."""
+    tried = []
+    for spatial, sequence in SECOND_SIZES:
+        other: dict[str, tuple[int, ...]] = {}
+        for spec in model.inputs:
+            shape = None if spec.name in shapes else spec.other_shape(spatial, sequence)
+            if shape is not None:
+                other[spec.name] = shape
+        if not other:
+            return None, None
+        feed = draw(input_domains(model, {**shapes, **other}), model.inputs, 1, seed=1)[0]
+        try:
+            return feed, loaded.reference(feed)
+        except Exception as exc:  # TF raises many types for a feed the model rejects
+            tried.append(f"{feed_shapes(feed)} ({first_line(exc)[:120]})")
+    warnings.warn(f"the original model runs at none of {'; '.join(tried)}; artifacts are "
+                  "verified at one size only", stacklevel=3)
+    return None, None
 
 
 CHAOTIC = 1e-3  # noise floor over output scale beyond which inputs look out of domain

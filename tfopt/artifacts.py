@@ -13,7 +13,7 @@ from tfopt.files import path_bytes, sidecar, tree_digest
 from tfopt.model import Model
 from tfopt.output import write_failure
 from tfopt.report import ArtifactReport
-from tfopt.verify import Check, batch_size
+from tfopt.verify import Check, batch_size, feed_shapes
 
 LARGE_ARTIFACT = 64 << 20  # bytes
 
@@ -78,13 +78,27 @@ def build_and_check(fmt: str, model: Model, path: Path, options: ExportOptions,
         report.batch["verified"].append(check.batch_size)
     elif check.batched is not None:
         report.batch["limit"] = exported.batch_limit
+    report.shapes = {"verified": [feed_shapes(check.feeds[0])]}
+    reshaped = None
+    if check.reshaped is not None:
+        try:
+            reshaped = run(check.reshaped)
+        except Exception as exc:  # the runtime refused another size: a failed target
+            return _failed(report, path, f"{fmt} runtime cannot run the artifact at "
+                                         f"{_shown(check.reshaped)}: {first_line(exc)}")
+        report.shapes["verified"].append(feed_shapes(check.reshaped))
     del run
     if large:  # and the runtime's copy, before the next target loads its own
         gc.collect()
-    report.parity = check.verdict(actual, report.precision, batched)
+    report.parity = check.verdict(actual, report.precision, batched, reshaped)
     if not report.parity.passed:
         report.status = "differs"
     return report
+
+
+def _shown(feed: dict) -> str:
+    return ", ".join(f"{name} {'x'.join(map(str, shape))}"
+                     for name, shape in feed_shapes(feed).items())
 
 
 def _failed(report: ArtifactReport, path: Path, error: str) -> ArtifactReport:

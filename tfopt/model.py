@@ -9,6 +9,10 @@ import numpy as np
 from tfopt.graph import copy_graph
 
 SEQUENCE_LENGTH, SPATIAL_SIZE = 16, 32  # unknown dims of drawn inputs
+# the second sizes (spatial, sequence) an input with unknown non-batch dims is verified at,
+# the first the original runs: odd and non-square, where converters' bugs hide (a baked
+# size, a transposed pair); then multiples of 16 for nets that halve and double (U-Nets)
+SECOND_SIZES = (((29, 37), 11), ((48, 64), 24))
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,20 @@ class TensorSpec:
         rank = len(self.shape)
         fill = [1] + [SEQUENCE_LENGTH if rank <= 3 else SPATIAL_SIZE] * (rank - 1)
         return tuple(f if d is None else d for d, f in zip(self.shape, fill))
+
+    def other_shape(self, spatial: tuple[int, int], sequence: int) -> tuple[int, ...] | None:
+        """concrete_shape with its unknown spatial (rank 4+) or sequence dims at these sizes;
+        None when every non-batch dim is known (or the rank is: nothing to vary)."""
+        if self.shape is None or all(d is not None for d in self.shape[1:]):
+            return None
+        rank = len(self.shape)
+        varied = range(1, rank - 1) if rank >= 4 else range(1, rank)
+        sizes = iter(spatial * rank if rank >= 4 else (sequence,) * rank)
+        shape = list(self.concrete_shape())
+        for i in varied:
+            if self.shape[i] is None:
+                shape[i] = next(sizes)
+        return tuple(shape) if tuple(shape) != self.concrete_shape() else None
 
 
 @dataclass

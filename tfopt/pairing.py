@@ -16,7 +16,7 @@ from tfopt.files import path_bytes, tree_digest
 from tfopt.model import Model, TensorSpec
 from tfopt.options import FreezeOptions
 from tfopt.report import ArtifactReport
-from tfopt.verify import Check, batch_size
+from tfopt.verify import Check, batch_size, feed_shapes
 
 SUFFIXES = {".onnx": "onnx", ".tflite": "tflite", ".pb": "pb"}
 
@@ -69,9 +69,18 @@ def check_artifact(fmt: str, path: Path, model: Model, check: Check,
             report.batch["verified"].append(check.batch_size)
         except Exception as exc:  # a fixed batch: said, not failed (the user made it so)
             report.batch["limit"] = f"runs batch {check.batch_size}: no ({first_line(exc)})"
+    report.shapes = {"verified": [feed_shapes(check.feeds[0])]}
+    reshaped = None
+    if check.reshaped is not None:
+        try:
+            reshaped = run(check.reshaped)
+            report.shapes["verified"].append(feed_shapes(check.reshaped))
+        except Exception as exc:  # a fixed size: said, not failed (the user made it so)
+            report.shapes["limit"] = f"runs {feed_shapes(check.reshaped)}: no " \
+                                     f"({first_line(exc)})"
     report.verify_seconds = round(time.perf_counter() - start, 2)
     report.seconds = report.verify_seconds
-    report.parity = check.verdict(actual, report.precision, batched)
+    report.parity = check.verdict(actual, report.precision, batched, reshaped)
     if not report.parity.passed:
         report.status = "differs"
     report.note = "; ".join(filter(None, [  # the file first: a table row names only the format

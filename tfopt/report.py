@@ -77,6 +77,9 @@ class ArtifactReport:
     sha256: str | None = None  # of the file, or of a directory's files and their names
     # the batch sizes verified ({"verified": [1, 4]}), and why only 1 ("limit") if so
     batch: dict | None = None
+    # the input shapes verified: the first feed's, and a second size of unknown dims
+    # ({"verified": [{"image": [1, 32, 32, 3]}, {"image": [1, 29, 37, 3]}]}), and why not
+    shapes: dict | None = None
 
     def to_dict(self) -> dict:
         out = dict(self.__dict__)

@@ -93,9 +93,15 @@ def top1_accuracy(outputs: list[dict], labels: np.ndarray) -> float | None:
 
 
 def _stack(samples: list[dict]) -> dict[str, np.ndarray]:
-    """Each output's samples joined along the batch axis; a scalar output, one value each."""
-    return {k: np.concatenate([np.atleast_1d(np.asarray(s[k])) for s in samples])
-            for k in samples[0]}
+    """Each output's samples joined along the batch axis; a scalar output, one value each;
+    flat when a sample at another input size gave it another shape."""
+    stacked = {}
+    for name in samples[0]:
+        parts = [np.atleast_1d(np.asarray(s[name])) for s in samples]
+        if len({part.shape[1:] for part in parts}) > 1:
+            parts = [part.ravel() for part in parts]
+        stacked[name] = np.concatenate(parts)
+    return stacked
 
 
 def quality(expected: list[dict], actual: list[dict]) -> dict[str, dict]:
@@ -256,6 +262,11 @@ def noise_floor(reference: Callable[[dict], dict], feeds: list[dict],
     return floor
 
 
+def feed_shapes(feed: dict) -> dict[str, list[int]]:
+    """Each input's shape in a feed, as report.json lists verified shapes."""
+    return {name: [int(d) for d in np.shape(value)] for name, value in feed.items()}
+
+
 def batch_size(feed: dict) -> int:
     """The leading dimension of a feed's first input (1 for a scalar)."""
     return next((int(np.shape(v)[0]) for v in feed.values() if np.ndim(v)), 1)
@@ -278,17 +289,22 @@ class Check:
     # artifact whose batch is dynamic is checked at that batch size too
     batched: dict | None = None
     batched_expected: dict | None = None
+    # a feed at a second size of the inputs' unknown dims, and the original's outputs on it
+    reshaped: dict | None = None
+    reshaped_expected: dict | None = None
 
     @property
     def batch_size(self) -> int | None:
         return None if self.batched is None else batch_size(self.batched)
 
-    def verdict(self, actual: list[dict], precision: str,
-                batched_actual: dict | None = None) -> Parity:
+    def verdict(self, actual: list[dict], precision: str, batched_actual: dict | None = None,
+                reshaped_actual: dict | None = None) -> Parity:
         budget = None if precision == "fp32" else self.budgets[precision]
         expected = self.expected
         if batched_actual is not None and self.batched_expected is not None:
             expected, actual = expected + [self.batched_expected], actual + [batched_actual]
+        if reshaped_actual is not None and self.reshaped_expected is not None:
+            expected, actual = expected + [self.reshaped_expected], actual + [reshaped_actual]
         parity = compare(expected, actual, self.atol, self.rtol, budget, self.labels,
                          self.reference_accuracy, self.noise)
         parity.samples = len(self.expected)
