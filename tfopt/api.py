@@ -214,7 +214,7 @@ def prepare(src: Path, opts: FreezeOptions, stages: Stages, start: float) -> Pre
         floor = noise_floor(loaded.reference, feeds, expected)
         batched = _batched(model, feeds) if labels is None else None
         batched_expected = None if batched is None else _batch_reference(loaded, batched)
-        reshaped, reshaped_expected = (None, None) if drawn is None else \
+        reshaped, reshaped_expected, passed_over = (None, None, []) if drawn is None else \
             _other_size(model, loaded, dict(opts.input_shapes))
     timings["reference"] = round(time.perf_counter() - mark, 2)  # noise floor, batch included
     check = Check(feeds, expected, opts.atol, opts.rtol, labels,
@@ -225,6 +225,7 @@ def prepare(src: Path, opts: FreezeOptions, stages: Stages, start: float) -> Pre
     verification = _verification(drawn, floor, expected, opts, check.batch_size)
     verification["shapes"] = [feed_shapes(feeds[0])] + (
         [feed_shapes(check.reshaped)] if check.reshaped is not None else [])
+    verification["notes"] += passed_over
     removed = Counter(dict.fromkeys(CATEGORIES, 0))
     removed.update(loaded.removed)
     for report in reports[len(loaded.passes):]:  # the loader counted its own passes
@@ -317,11 +318,11 @@ def _batch_reference(loaded: Loaded, batched: dict) -> dict | None:
 
 
 def _other_size(model: Model, loaded: Loaded, shapes: dict[str, tuple[int, ...]]
-                ) -> tuple[dict, dict] | tuple[None, None]:
+                ) -> tuple[dict | None, dict | None, list[str]]:
     """One drawn feed at another size of the inputs whose sequence or spatial dims are
-    unknown (and not set by --input-shape), the first of SECOND_SIZES the original runs,
-    and its outputs there; (None, None) when no input varies or no size runs."""
-    tried = []
+    unknown (and not set by --input-shape), the first of SECOND_SIZES the original runs
+    and runs the same twice, its outputs there, and a note per size passed over."""
+    passed_over = []
     for spatial, sequence in SECOND_SIZES:
         other: dict[str, tuple[int, ...]] = {}
         for spec in model.inputs:
@@ -329,15 +330,28 @@ def _other_size(model: Model, loaded: Loaded, shapes: dict[str, tuple[int, ...]]
             if shape is not None:
                 other[spec.name] = shape
         if not other:
-            return None, None
+            return None, None, []
         feed = draw(input_domains(model, {**shapes, **other}), model.inputs, 1, seed=1)[0]
         try:
-            return feed, loaded.reference(feed)
+            first, again = loaded.reference(feed), loaded.reference(feed)
         except Exception as exc:  # TF raises many types for a feed the model rejects
-            tried.append(f"{feed_shapes(feed)} ({first_line(exc)[:120]})")
-    warnings.warn(f"the original model runs at none of {'; '.join(tried)}; artifacts are "
-                  "verified at one size only", stacklevel=3)
-    return None, None
+            passed_over.append(f"the original does not run at {feed_shapes(feed)} "
+                               f"({first_line(exc)[:120]})")
+            continue
+        if all(_same(first[k], again[k]) for k in first):
+            return feed, first, passed_over
+        passed_over.append(f"the original gives other outputs on a second run at "
+                           f"{feed_shapes(feed)}, so nothing can be judged there")
+    warnings.warn(f"{'; '.join(passed_over)}: artifacts are verified at one size only",
+                  stacklevel=3)
+    return None, None, passed_over
+
+
+def _same(a: Any, b: Any) -> bool:
+    a, b = np.asarray(a), np.asarray(b)
+    if a.dtype.kind != "f":
+        return bool(np.array_equal(a, b))
+    return bool(np.allclose(a, b, rtol=1e-6, atol=0.0, equal_nan=True))
 
 
 CHAOTIC = 1e-3  # noise floor over output scale beyond which inputs look out of domain
