@@ -51,7 +51,7 @@ def check_artifact(fmt: str, path: Path, model: Model, check: Check,
     report.ops = exporter.describe(path, replace(model, signature=opened.signature
                                                  or model.signature))
     report.nodes = sum(report.ops.values())
-    report.precision = opened.precision
+    report.precision = exporter.read_precision(path)
     run = PairedRun(opened, model, check.feeds[0], check.expected[0], path.name)
     try:
         actual = [run(feed) for feed in check.feeds]
@@ -176,7 +176,7 @@ class PairedRun:
                     "--data with a shape it takes")
             self.input_order[name] = order
         self.outputs = pair_names(model.outputs, opened.outputs, "outputs", artifact)
-        self.output_order: dict[str, tuple[int, ...] | None] | None = None
+        self.output_order: dict[str, tuple[int, ...] | None] = {}  # from the first run
         self.note: str | None = None
 
     def __call__(self, feed: dict) -> dict:
@@ -189,8 +189,6 @@ class PairedRun:
                 for name, theirs in self.outputs.items()}
 
     def _read(self, name: str, value: np.ndarray) -> np.ndarray:
-        if self.output_order is None:
-            self.output_order = {}
         if name not in self.output_order:
             self._learn_layout(name, value)
         order = self.output_order[name]
@@ -198,7 +196,6 @@ class PairedRun:
 
     def _learn_layout(self, name: str, value: np.ndarray) -> None:
         """The first run decides: as the original gave it, or channels-first."""
-        assert self.output_order is not None
         order = layout_order(value.shape, None, self.expected_shapes[name])
         self.output_order[name] = order or None  # a shape that fits neither: judged as is
         moved = [f"input '{k}'" for k, v in self.input_order.items() if v] + \

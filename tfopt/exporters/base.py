@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from tfopt.errors import InputError
 from tfopt.graph import rename_functions
 from tfopt.model import Model, TensorSpec
 
@@ -48,8 +49,18 @@ class Opened:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]  # shapes may be unknown (None) until it runs
     run: Callable[[dict], dict]
-    precision: str = "fp32"  # as read from the artifact's ops and tensor types
     signature: str | None = None  # the signature it was opened through, if it has several
+
+
+def pick_signature(path: Path, available: list[str], wanted: str) -> str:
+    """The signature named `wanted`, or the artifact's only one."""
+    if wanted in available:
+        return wanted
+    if len(available) != 1:
+        raise InputError(f"{path} has {'no' if not available else 'several'} signatures "
+                         f"({', '.join(available) or 'none'}) and none named '{wanted}'; "
+                         "pass --signature")
+    return available[0]
 
 
 class Exporter(Protocol):
@@ -69,6 +80,8 @@ class Exporter(Protocol):
     # side-effect ops (pb, SavedModel) are refused unless allowed
     def open_artifact(self, path: Path, signature: str, allow_io_ops: bool = False
                       ) -> Opened: ...
+
+    def read_precision(self, path: Path) -> str: ...  # of an artifact any tool made
 
     def unsupported_ops(self, model: Model, options: ExportOptions) -> list[str]: ...
 

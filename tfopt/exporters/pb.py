@@ -59,8 +59,8 @@ def open_artifact(path: Path, signature: str, allow_io_ops: bool = False,
 
     graph_def = tf.compat.v1.GraphDef()
     graph_def.ParseFromString(path.read_bytes())
-    refuse_io_ops(io_ops(graph_def), allow_io_ops)  # a stranger's graph runs here
-    read = {node_name(ref) for node in graph_def.node for ref in node.input}
+    if not allow_io_ops:  # a stranger's graph runs here (tfopt's own was checked as a source)
+        refuse_io_ops(io_ops(graph_def), False)
     graph = tf.Graph()
     with graph.as_default():
         tf.compat.v1.import_graph_def(graph_def, name="")
@@ -74,10 +74,17 @@ def open_artifact(path: Path, signature: str, allow_io_ops: bool = False,
         return TensorSpec(node.name, dtype, shape)
 
     inputs = [spec(n) for n in graph_def.node if n.op == "Placeholder"]
-    ends = [spec(n) for n in graph_def.node if n.name in outputs] if outputs else \
-        [spec(n) for n in graph_def.node if n.name not in read and n.op not in _NOT_OUTPUTS]
+    if outputs is None:
+        read = {node_name(ref) for node in graph_def.node for ref in node.input}
+        outputs = [n.name for n in graph_def.node
+                   if n.name not in read and n.op not in _NOT_OUTPUTS]
+    ends = [spec(n) for n in graph_def.node if n.name in outputs]
     fetches = {t.name: t.tensor for t in ends}
 
     def run(feed: dict) -> dict:
         return session.run(fetches, {f"{k}:0": v for k, v in feed.items()})
     return Opened(inputs, ends, run)
+
+
+def read_precision(path: Path) -> str:
+    return "fp32"  # TF graphs: tfopt writes no quantized .pb, and reads them as float

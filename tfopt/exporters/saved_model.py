@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 
 from tfopt import compat
-from tfopt.errors import InputError
 from tfopt.exporters.base import (
     Exported,
     ExportOptions,
     Opened,
+    pick_signature,
     python_callbacks,
     save_inference_model,
 )
@@ -72,17 +72,16 @@ def open_artifact(path: Path, signature: str, allow_io_ops: bool = False) -> Ope
 
     from tfopt.loaders.saved_model import read_proto, split_by_signature
 
-    meta = read_proto(path).meta_graphs[0]
-    signatures = [k for k in meta.signature_def if not k.startswith("__")]
-    if signature not in signatures:
-        if len(signatures) != 1:
-            raise InputError(f"{path} has signatures {', '.join(signatures) or 'none'} and "
-                             f"none named '{signature}'; pass --signature")
-        signature = signatures[0]
-    runs = tf.compat.v1.GraphDef()  # what the signature runs (the saver is not run)
-    runs.node.extend(split_by_signature(meta, signature)[0])
-    refuse_io_ops(io_ops(runs, path), allow_io_ops)  # a stranger's graph runs here
-    fn = tf.saved_model.load(str(path)).signatures[signature]
+    if not allow_io_ops:  # a stranger's graph runs here (tfopt's own was checked as a source)
+        meta = read_proto(path).meta_graphs[0]
+        signature = pick_signature(path, [k for k in meta.signature_def
+                                          if not k.startswith("__")], signature)
+        runs = tf.compat.v1.GraphDef()  # what the signature runs (the saver is not run)
+        runs.node.extend(split_by_signature(meta, signature)[0])
+        refuse_io_ops(io_ops(runs, path), False)
+    signatures = tf.saved_model.load(str(path)).signatures
+    signature = pick_signature(path, list(signatures), signature)
+    fn = signatures[signature]
 
     def spec(name: str, tensor) -> TensorSpec:
         dtype = "string" if tensor.dtype == tf.string else np.dtype(
@@ -95,3 +94,7 @@ def open_artifact(path: Path, signature: str, allow_io_ops: bool = False) -> Ope
     return Opened([spec(k, t) for k, t in sorted(fn.structured_input_signature[1].items())],
                   [spec(k, t) for k, t in sorted(fn.structured_outputs.items())], run,
                   signature=signature)
+
+
+def read_precision(path: Path) -> str:
+    return "fp32"  # TF graphs: tfopt writes no quantized SavedModel, and reads them as float

@@ -7,13 +7,14 @@ import tempfile
 from pathlib import Path
 
 from tfopt import compat
-from tfopt.errors import ConversionError, InputError
+from tfopt.errors import ConversionError
 from tfopt.exporters.base import (
     PRECISION,
     QUANTIZE_MODES,
     Exported,
     ExportOptions,
     Opened,
+    pick_signature,
     recurrent_layers,
     save_inference_model,
 )
@@ -255,13 +256,7 @@ def open_artifact(path: Path, signature: str, allow_io_ops: bool = False) -> Ope
     import numpy as np
 
     found = interpreter(path)
-    signatures = list(found.get_signature_list())
-    if signature not in signatures:
-        if len(signatures) != 1:
-            raise InputError(f"{path} has {'no' if not signatures else 'several'} "
-                             f"signatures ({', '.join(signatures) or 'none'}) and none named "
-                             f"'{signature}'; pass --signature")
-        signature = signatures[0]
+    signature = pick_signature(path, list(found.get_signature_list()), signature)
     runner_fn = found.get_signature_runner(signature)
     inputs, outputs = runner_fn.get_input_details(), runner_fn.get_output_details()
 
@@ -286,10 +281,15 @@ def open_artifact(path: Path, signature: str, allow_io_ops: bool = False) -> Ope
         result = runner_fn(**{k: quantize(v, inputs[k]) for k, v in feed.items()})
         return {k: dequantize(v, outputs[k]) for k, v in result.items()}
 
-    kinds = {np.dtype(t["dtype"]).name for t in found.get_tensor_details()}
-    ops = set(op_names(path))
-    precision = "int16x8" if "int16" in kinds and "int8" in kinds else \
-        "int8" if "QUANTIZE" in ops and "int8" in kinds else \
-        "dynamic-int8" if "int8" in kinds else "fp16" if "float16" in kinds else "fp32"
     return Opened([spec(k, d) for k, d in inputs.items()],
-                  [spec(k, d) for k, d in outputs.items()], run, precision, signature)
+                  [spec(k, d) for k, d in outputs.items()], run, signature)
+
+
+def read_precision(path: Path) -> str:
+    """From the QUANTIZE op and the tensor types (any producer)."""
+    import numpy as np
+
+    kinds = {np.dtype(t["dtype"]).name for t in interpreter(path).get_tensor_details()}
+    return "int16x8" if "int16" in kinds and "int8" in kinds else \
+        "int8" if "QUANTIZE" in op_names(path) and "int8" in kinds else \
+        "dynamic-int8" if "int8" in kinds else "fp16" if "float16" in kinds else "fp32"

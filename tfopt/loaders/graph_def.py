@@ -47,9 +47,9 @@ def load(path: Path, options: LoadOptions) -> Loaded:
 
     graph_def = read(path)
     roots = [node_name(tf1.tensor_ref(o)) for o in options.outputs or []]
-    kept = reachable(graph_def, roots) if roots else {n.name for n in graph_def.node}
+    kept = reachable(graph_def, roots) if roots else None
     check_graph_size(graph_def, options, str(path),  # before TensorFlow imports it
-                     [n for n in graph_def.node if n.name in kept])
+                     None if kept is None else [n for n in graph_def.node if n.name in kept])
     graph = tf.Graph()
     try:
         with graph.as_default():

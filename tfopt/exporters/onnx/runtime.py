@@ -41,8 +41,6 @@ _DYNAMIC_OPS = {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
 
 def open_artifact(path: Path, signature: str, allow_io_ops: bool = False) -> Opened:
     """An ONNX file as it is (any producer); ONNX has one graph, so no signature to pick."""
-    import onnx
-
     found = session(path)
     names = [o.name for o in found.get_outputs()]
 
@@ -53,14 +51,19 @@ def open_artifact(path: Path, signature: str, allow_io_ops: bool = False) -> Ope
     def run(feed: dict) -> dict:
         return dict(zip(names, found.run(names, {k: _onnx_strings(v) for k, v in
                                                  feed.items()})))
+    return Opened([spec(v) for v in found.get_inputs()], [spec(v) for v in found.get_outputs()],
+                  run)
+
+
+def read_precision(path: Path) -> str:
+    """From the quantization ops and initializer types (any producer)."""
+    import onnx
+
     proto = onnx.load(str(path), load_external_data=False)
     ops = {n.op_type for n in proto.graph.node}
-    precision = "dynamic-int8" if ops & _DYNAMIC_OPS else \
-        "int8" if "QuantizeLinear" in ops else \
+    return "dynamic-int8" if ops & _DYNAMIC_OPS else "int8" if "QuantizeLinear" in ops else \
         "fp16" if any(t.data_type == onnx.TensorProto.FLOAT16
                       for t in proto.graph.initializer) else "fp32"
-    return Opened([spec(v) for v in found.get_inputs()], [spec(v) for v in found.get_outputs()],
-                  run, precision)
 
 
 def _onnx_strings(value: Any) -> Any:
