@@ -31,6 +31,8 @@ COVERED = {
     "remove_dropout": ["test_pass_logs.py::test_remove_dropout_skips_a_masked_constant"],
     "inline_xla_calls": ["test_pass_logs.py::test_inline_xla_calls_inlines_a_jit_function"],
     "erfc_to_erf": ["test_pass_logs.py::test_erfc_becomes_one_minus_erf"],
+    "strip_augmentation": [
+        "test_pass_logs.py::test_strip_augmentation_keeps_a_draw_that_is_not_a_layer"],
     "dynamic_tensor_lists": [
         "test_pass_logs.py::test_dynamic_tensor_lists_take_the_batch_from_the_input"],
 }
@@ -143,3 +145,23 @@ def test_dynamic_tensor_lists_take_the_batch_from_the_input():
     _, log = run_pass("dynamic_tensor_lists", graph_def, inputs=())
     assert {s["reason"] for s in log.skipped} >= {
         "no input has an unknown batch dimension to take it from"}
+
+
+def test_strip_augmentation_keeps_a_draw_that_is_not_a_layer():
+    def graph():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 3], name="x")
+        z = tf.compat.v1.placeholder(tf.float32, [None, 3], name="z")
+        with tf.name_scope("noise"):  # an active GaussianNoise: one tensor in, one out
+            noisy = x + tf.random.normal(tf.shape(x), stddev=0.1)
+        with tf.name_scope("sample"):  # a draw that mixes two tensors: the model's own
+            mixed = noisy * tf.random.uniform(tf.shape(x)) + z
+        tf.identity(mixed, name="y")
+
+    out, log = run_pass("strip_augmentation", build(graph), inputs=("x", "z"))
+    assert [c["layer"] for c in log.changes] == ["noise"]
+    assert log.changes[0]["becomes"] == "identity" and log.removed == {"augmentation": 1}
+    (skip,) = log.skipped
+    assert skip["node"].startswith("sample/") and "takes 2 tensor(s)" in skip["reason"]
+    y = run_graph(out, {"x:0": X, "z:0": X}, "y:0")
+    assert {n.op for n in out.node} & {"RandomStandardNormal"} == set()
+    assert y.shape == X.shape

@@ -4,8 +4,8 @@ from __future__ import annotations
 import re
 
 CATEGORIES = ("gradients", "optimizer", "summaries", "save_restore", "initializers",
-              "input_queues", "debug", "control_flow", "dead_branches", "dropout", "identity",
-              "unreachable", "folded_constants", "duplicates")
+              "input_queues", "debug", "control_flow", "dead_branches", "dropout",
+              "augmentation", "identity", "unreachable", "folded_constants", "duplicates")
 
 DEBUG_OPS = frozenset({
     "Assert", "CheckNumerics", "CheckNumericsV2", "Print", "PrintV2", "StringFormat",
@@ -34,6 +34,15 @@ _OPTIMIZER_SCOPE = re.compile(r"(^|/)(optimizer|Adam\w*|SGD|Momentum|RMSProp|Ada
 def is_update_op(op: str) -> bool:
     """Optimizer applies and variable assignments."""
     return bool(_OPTIMIZER_OP.search(op))
+
+
+def writes_variable(op: str) -> bool:
+    """Ops that write the variable their first input holds: updates, scatters, and the
+    random generators' state advances."""
+    return is_update_op(op) or op.startswith("ResourceScatter") or op in RNG_STATE_OPS
+
+
+RNG_STATE_OPS = frozenset({"RngReadAndSkip", "RngSkip"})
 
 
 def is_input_pipeline_op(op: str) -> bool:
@@ -80,3 +89,16 @@ def is_optimizer_variable(key: str) -> bool:
     """Whether a checkpoint key or Keras weight path is optimizer state: TF2 optimizer
     objects and slots, TF1 slot variables (`<var>/Adam`), step counters."""
     return bool(_OPTIMIZER_VARIABLE.search(key))
+
+
+# Keras' training-only layers that are not named Random* (those are found by their name)
+AUGMENTATION_LAYERS = frozenset({"GaussianNoise", "GaussianDropout", "AlphaDropout", "AugMix",
+                                 "RandAugment", "CutMix", "MixUp", "Solarization"})
+
+
+def is_augmentation_layer(layer) -> bool:
+    """Whether a Keras layer is random augmentation, which inference skips: Keras'
+    preprocessing layers named Random* and the noise layers, subclasses included."""
+    return any(cls.__name__ in AUGMENTATION_LAYERS
+               or (cls.__name__.startswith("Random") and "preprocessing" in cls.__module__)
+               for cls in type(layer).__mro__)

@@ -9,18 +9,24 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from tfopt.categories import is_optimizer_variable, is_update_op
+from tfopt.categories import is_optimizer_variable, writes_variable
 from tfopt.errors import InputError, first_line
 from tfopt.graph import (
     FORWARDING_OPS,
     inlined_size,
     node_name,
     op_histogram,
+    plain_session,
     rename_node,
     unique_name,
 )
 from tfopt.loaders.tables import freeze_tables
-from tfopt.loaders.weights import LARGE_WEIGHT_BYTES, captured_variables, freeze
+from tfopt.loaders.weights import (
+    LARGE_WEIGHT_BYTES,
+    WrittenVariable,
+    captured_variables,
+    freeze,
+)
 from tfopt.model import Model, TensorSpec
 
 
@@ -133,16 +139,36 @@ def function_io_names(fn) -> tuple[list[str], list[str]]:
     return inputs, outputs
 
 
-def freeze_function(fn, signature: str, large_weight_bytes: int = LARGE_WEIGHT_BYTES) -> Model:
+def freeze_function(fn, signature: str, large_weight_bytes: int = LARGE_WEIGHT_BYTES
+                    ) -> tuple[Model, list]:
     """Fold the variables of a ConcreteFunction into constants and name its IO by the
-    signature; variables of at least large_weight_bytes become external weights."""
+    signature; variables of at least large_weight_bytes become external weights. Random
+    augmentation layers that the function runs active become their inference form first.
+
+    Returns the model and the PassReports of those inference rewrites.
+    """
     import tensorflow as tf
 
+    from tfopt.passes import PassContext, run_rewrite
+
+    reports: list = []
+
+    def rewrite(graph_def, frozen):
+        ctx = PassContext(tuple(t.op.name for t in frozen.inputs),
+                          tuple(t.op.name for t in frozen.outputs))
+        graph_def, report = run_rewrite("strip_augmentation", graph_def, ctx)
+        reports[:] = [report]  # freezing may inline twice: the last one stands
+        return graph_def
+
     try:
-        frozen, graph_def, weights, variables = freeze(fn, large_weight_bytes)
+        frozen, graph_def, weights, variables = freeze(fn, large_weight_bytes, rewrite)
+    except WrittenVariable as exc:
+        raise InputError(f"signature '{signature}' writes variable '{exc.variable}' ({exc.op} "
+                         f"'{exc.node}'), so it is a training step, not inference; pass an "
+                         "inference signature with --signature") from exc
     except Exception as exc:  # TF raises ValueError, InvalidArgumentError and others
         _, ops = graph_stats(fn.graph.as_graph_def())
-        updates = sorted(op for op in ops if is_update_op(op))
+        updates = sorted(op for op in ops if writes_variable(op))
         if updates:
             raise InputError(f"signature '{signature}' updates variables ({', '.join(updates)}), "
                              "so it is a training step; pass an inference signature with "
@@ -156,9 +182,46 @@ def freeze_function(fn, signature: str, large_weight_bytes: int = LARGE_WEIGHT_B
     out_tensors = tf.nest.flatten(frozen.structured_outputs, expand_composites=True)
     name_signature(graph_def, [(n, t.op.name) for n, t in zip(in_names, frozen.inputs)],
                    [(n, t.name, t.dtype.as_datatype_enum) for n, t in zip(out_names, out_tensors)])
-    return Model(graph_def, [spec_from_tf(n, t) for n, t in zip(in_names, frozen.inputs)],
-                 [spec_from_tf(n, t) for n, t in zip(out_names, out_tensors)], signature,
-                 meta={"variables": variables}, weights=weights)
+    model = Model(graph_def, [spec_from_tf(n, t) for n, t in zip(in_names, frozen.inputs)],
+                  [spec_from_tf(n, t) for n, t in zip(out_names, out_tensors)], signature,
+                  meta={"variables": variables}, weights=weights)
+    return model, [r for r in reports if r.changes or r.skipped]
+
+
+def rewritten_reference(model: Model, reports: list, original: Callable[[dict], dict]
+                        ) -> tuple[Callable[[dict], dict], str]:
+    """(reference, what it is): the original, or the frozen graph when an inference rewrite
+    changed what the model computes (the original is then random or in training mode)."""
+    rewritten = [r for r in reports if r.changes]
+    if not rewritten:
+        return original, "the original model"
+    return frozen_reference(model), "the original model after " + ", ".join(
+        f"{r.name} ({len(r.changes)})" for r in rewritten)
+
+
+def frozen_reference(model: Model) -> Callable[[dict], dict]:
+    """Runs the rewritten, frozen graph in TF: the original no longer means the same."""
+    import tensorflow as tf
+
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.import_graph_def(model.graph_def, name="")
+    session = plain_session(graph)
+    model.meta["reference_session"] = session
+    return session_reference(session, {t.name: t.tensor for t in model.inputs},
+                             {t.name: t.tensor for t in model.outputs}, model.weights)
+
+
+def session_reference(session, feeds: dict[str, str], fetches: dict[str, str],
+                      frozen: dict[str, np.ndarray]) -> Callable[[dict], dict]:
+    """Runs fetches in a TF1 session on a feed dict keyed by signature names; `frozen`
+    feeds placeholders by node name (frozen values, external weights)."""
+    def run(feed: dict) -> dict:
+        values = {tensor: feed[name] for name, tensor in feeds.items()}
+        values.update({f"{name}:0": value for name, value in frozen.items()})
+        result = session.run(fetches, values)
+        return {name: np.asarray(value) for name, value in result.items()}
+    return run
 
 
 def _refuse_captured_resources(extra: list, signature: str) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tfopt import compat
-from tfopt.categories import is_optimizer_variable
+from tfopt.categories import is_augmentation_layer, is_optimizer_variable
 from tfopt.errors import InputError, UsageError, first_line
 from tfopt.loaders.archive import check_archive
 from tfopt.loaders.base import (
@@ -107,7 +107,7 @@ def load(path: Path, options: LoadOptions) -> Loaded:
         return dict(zip(out_names, tf.nest.flatten(outputs)))
 
     fn = serve.get_concrete_function()
-    frozen = freeze_function(fn, SIGNATURE, options.large_weight_bytes)
+    frozen, _ = freeze_function(fn, SIGNATURE, options.large_weight_bytes)  # traced for inference
     frozen.meta["keepalive"] = model
     frozen.meta["traced_graph"] = fn.graph.as_graph_def()
     nodes, ops = graph_stats(fn.graph.as_graph_def())
@@ -118,6 +118,9 @@ def load(path: Path, options: LoadOptions) -> Loaded:
         optimizer_variables=len(optimizer),
         optimizer_variable_bytes=sum(b for _, b in optimizer))
     removed = Counter(optimizer=len(optimizer)) if optimizer else Counter()
+    augmentation = sum(map(is_augmentation_layer, model._flatten_layers(include_self=False)))
+    if augmentation:  # Keras skips them at training=False
+        removed["augmentation"] = augmentation
     return Loaded(frozen, source, lambda feed: call_signature(fn, feed), removed)
 
 

@@ -16,6 +16,7 @@ from tfopt.loaders.base import (
     call_signature,
     freeze_function,
     graph_stats,
+    rewritten_reference,
     signature_specs,
     variable_stats,
 )
@@ -170,15 +171,18 @@ def load(path: Path, options: LoadOptions) -> Loaded:
         obj, fn = load_saved_model(str(path), tags, options.signature, prefix)
     except Exception as exc:  # TF raises many types for unloadable models
         raise InputError(f"TensorFlow cannot load {path}: {first_line(exc)}") from exc
-    model = freeze_function(fn, options.signature, options.large_weight_bytes)
+    model, reports = freeze_function(fn, options.signature, options.large_weight_bytes)
     model.meta["keepalive"] = obj  # the reference function needs its variables alive
+    reference, what = rewritten_reference(model, reports, lambda feed: call_signature(fn, feed))
 
     nodes, ops = graph_stats(meta.graph_def)
     source = SourceInfo(path=str(path), format=FORMAT, signature=options.signature, nodes=nodes,
-                        ops=ops, **stats)
+                        ops=ops, reference=what, **stats)
     removed = removed_outside_signature(meta, options.signature)
     removed["optimizer"] += stats["optimizer_variables"]
-    return Loaded(model, source, lambda feed: call_signature(fn, feed), removed)
+    for report in reports:
+        removed.update(report.removed)
+    return Loaded(model, source, reference, removed, reports)
 
 
 

@@ -23,12 +23,19 @@ from tfopt.graph import (
     copy_graph,
     is_control,
     node_name,
-    plain_session,
     reachable,
     rename_node,
     unique_name,
 )
-from tfopt.loaders.base import Loaded, SourceInfo, graph_stats, name_signature, variable_stats
+from tfopt.loaders.base import (
+    Loaded,
+    SourceInfo,
+    frozen_reference,
+    graph_stats,
+    name_signature,
+    session_reference,
+    variable_stats,
+)
 from tfopt.model import Model, TensorSpec
 
 CONTROL_FLOW = frozenset({"Switch", "RefSwitch", "If", "StatelessIf"})
@@ -247,9 +254,9 @@ def freeze_session(loaded: Session, inputs: list[tuple[str, str]] | None,
     model.meta["keepalive"] = loaded.session
     rewritten = [r for r in reports if r.name in _MEANING_CHANGES and r.changes]
     if rewritten:
-        reference = _frozen_reference(model)
+        reference = frozen_reference(model)
     else:
-        reference = _session_reference(
+        reference = session_reference(
             loaded.session, {name: cut.tensor for name, _, cut in io_inputs},
             {name: tensor_ref(ref) for name, ref in outputs}, frozen_values)
 
@@ -349,26 +356,3 @@ def _freeze_variables(session, graph_def, outputs: list[str], hint: str):
         return convert_variables_to_constants_from_session_graph(session, graph_def, outputs)
     except Exception as exc:  # FailedPreconditionError for an uninitialized variable, ...
         raise InputError(f"cannot freeze the variables: {first_line(exc)}; {hint}") from exc
-
-
-def _session_reference(session, feeds: dict[str, str], fetches: dict[str, str],
-                       frozen: dict[str, np.ndarray]):
-    def run(feed: dict) -> dict:
-        values = {tensor: feed[name] for name, tensor in feeds.items()}
-        values.update({f"{name}:0": value for name, value in frozen.items()})
-        result = session.run(fetches, values)
-        return {name: np.asarray(value) for name, value in result.items()}
-    return run
-
-
-def _frozen_reference(model: Model):
-    """Runs the rewritten, frozen graph in TF: the original no longer means the same."""
-    import tensorflow as tf
-
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.compat.v1.import_graph_def(model.graph_def, name="")
-    session = plain_session(graph)
-    model.meta["reference_session"] = session
-    return _session_reference(session, {t.name: t.tensor for t in model.inputs},
-                              {t.name: t.tensor for t in model.outputs}, {})

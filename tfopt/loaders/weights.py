@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from tfopt.categories import writes_variable
 from tfopt.graph import (
     DT_INT32,
     DT_RESOURCE,
@@ -96,25 +97,37 @@ def captured_variables(fn: Any) -> dict[str, Any]:
 IDENTITY = frozenset({"Identity"})  # what a captured handle passes through when inlined
 
 
-def freeze(fn: Any, large_bytes: int) -> tuple[Any, Any, dict[str, np.ndarray], dict[str, Any]]:
+Rewrite = Callable[[Any, Any], Any]  # (inlined graph_def, frozen function) -> graph_def
+
+
+def freeze(fn: Any, large_bytes: int, rewrite: Rewrite | None = None
+           ) -> tuple[Any, Any, dict[str, np.ndarray], dict[str, Any]]:
     """Fold a ConcreteFunction's variables without TensorFlow copying them: every variable
     that is only read (ReadVariableOp, ResourceGather) stays a capture while TF inlines the
     function, then becomes a Placeholder; those under large_bytes become Consts from a
     view of the variable (one copy, where convert_variables_to_constants_v2 makes about
     seven), the rest external weights. Variables read inside control flow (a While body)
-    are folded by TF as before.
+    are folded by TF as before. `rewrite` runs on the inlined graph while every variable is
+    still a capture: a variable it leaves unread (an augmentation layer's seed) is dropped.
+    A variable the function writes raises WrittenVariable.
 
     Returns (frozen function, its graph_def, external weights, their variables).
     """
     variables = captured_variables(fn)
-    frozen = freeze_keeping(fn, set(variables))
-    graph_def = frozen.graph.as_graph_def()
+    frozen, graph_def = _inlined(fn, set(variables), rewrite)
+    present = {n.name for n in graph_def.node}
+    unread = {h for h in variables if h not in present}
+    variables = {h: v for h, v in variables.items() if h in present}
     readers = consumers(graph_def)
-    simple = {h: v for h, v in variables.items()
-              if {r.op for r in forwarded_reads(readers, h, IDENTITY)[1]} <= SIMPLE_READS}
+    reads = {h: {r.op for r in forwarded_reads(readers, h, IDENTITY)[1]} for h in variables}
+    for handle, ops in reads.items():
+        if any(map(writes_variable, ops)):
+            writer = next(r for r in forwarded_reads(readers, handle, IDENTITY)[1]
+                          if writes_variable(r.op))
+            raise WrittenVariable(variables[handle].name.split(":")[0], writer.op, writer.name)
+    simple = {h: v for h, v in variables.items() if reads[h] <= SIMPLE_READS}
     if len(simple) != len(variables):  # let TF fold the others, captured in control flow
-        frozen = freeze_keeping(fn, set(simple))
-        graph_def = frozen.graph.as_graph_def()
+        frozen, graph_def = _inlined(fn, set(simple) | unread, rewrite)
         readers = consumers(graph_def)
     read_values_in_functions(graph_def)
     values, live = externalize(graph_def, readers, simple)
@@ -122,6 +135,20 @@ def freeze(fn: Any, large_bytes: int) -> tuple[Any, Any, dict[str, np.ndarray], 
     inline_constants(graph_def, small)
     weights = {name: value for name, value in values.items() if name not in small}
     return frozen, graph_def, weights, {name: live[name] for name in weights}
+
+
+class WrittenVariable(Exception):
+    """The function writes a variable (an optimizer step, a counter): it is no inference."""
+
+    def __init__(self, variable: str, op: str, node: str):
+        super().__init__(f"{op} '{node}' writes variable '{variable}'")
+        self.variable, self.op, self.node = variable, op, node
+
+
+def _inlined(fn: Any, kept: set[str], rewrite: Rewrite | None) -> tuple[Any, Any]:
+    frozen = freeze_keeping(fn, kept)
+    graph_def = frozen.graph.as_graph_def()
+    return frozen, (graph_def if rewrite is None else rewrite(graph_def, frozen))
 
 
 def freeze_keeping(fn: Any, kept: set[str]) -> Any:

@@ -11,10 +11,19 @@ from tfopt.passes import (  # noqa: F401 (registers them)
                           inline_xla_calls,
                           prune,
                           remove_dropout,
+                          strip_augmentation,
                           strip_training,
                           training_batch_norm,
 )
-from tfopt.passes.base import REGISTRY, PassContext, PassLog, PassReport, register, run_pipeline
+from tfopt.passes.base import (
+    REGISTRY,
+    PassContext,
+    PassLog,
+    PassReport,
+    register,
+    run_pipeline,
+    run_rewrite,
+)
 
 DEFAULT_PIPELINE = ("strip_training", "prune", "fold_control_flow", "grappler",
                     "fold_scale_shift", "fold_pad", "dedupe")
@@ -25,4 +34,4 @@ INFERENCE_REWRITES = ("freeze_placeholders", "fold_control_flow", "training_batc
                       "remove_dropout")
 
 __all__ = ["DEFAULT_PIPELINE", "INFERENCE_REWRITES", "REGISTRY", "PassContext", "PassLog",
-           "PassReport", "register", "run_pipeline"]
+           "PassReport", "register", "run_pipeline", "run_rewrite"]

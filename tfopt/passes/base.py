@@ -78,10 +78,16 @@ def run_pipeline(model: Model, names: Sequence[str], values: Mapping[str, np.nda
     graph_def = model.graph_def
     with older_objects_frozen():
         for name in names:
-            log = PassLog()
-            start, before = time.perf_counter(), len(graph_def.node)
-            graph_def = REGISTRY[name](graph_def, ctx, log)
-            reports.append(PassReport(name, round(time.perf_counter() - start, 4), before,
-                                      len(graph_def.node), log.changes, log.skipped,
-                                      dict(log.removed)))
+            graph_def, report = run_rewrite(name, graph_def, ctx)
+            reports.append(report)
     return model.with_graph(graph_def), reports
+
+
+def run_rewrite(name: str, graph_def: Any, ctx: PassContext) -> tuple[Any, PassReport]:
+    """One registered pass on a GraphDef, with its report."""
+    log = PassLog()
+    start, before = time.perf_counter(), len(graph_def.node)
+    graph_def = REGISTRY[name](graph_def, ctx, log)
+    return graph_def, PassReport(name, round(time.perf_counter() - start, 4), before,
+                                 len(graph_def.node), log.changes, log.skipped,
+                                 dict(log.removed))
