@@ -33,6 +33,8 @@ COVERED = {
     "erfc_to_erf": ["test_pass_logs.py::test_erfc_becomes_one_minus_erf"],
     "strip_augmentation": [
         "test_pass_logs.py::test_strip_augmentation_keeps_a_draw_that_is_not_a_layer"],
+    "compute_in_fp32": ["test_pass_logs.py::test_compute_in_fp32_lifts_float16_only_when_asked"],
+    "bfloat16_in_fp32": ["test_pass_logs.py::test_compute_in_fp32_lifts_float16_only_when_asked"],
     "dynamic_tensor_lists": [
         "test_pass_logs.py::test_dynamic_tensor_lists_take_the_batch_from_the_input"],
 }
@@ -165,3 +167,23 @@ def test_strip_augmentation_keeps_a_draw_that_is_not_a_layer():
     y = run_graph(out, {"x:0": X, "z:0": X}, "y:0")
     assert {n.op for n in out.node} & {"RandomStandardNormal"} == set()
     assert y.shape == X.shape
+
+
+def test_compute_in_fp32_lifts_float16_only_when_asked():
+    def graph():
+        x = tf.compat.v1.placeholder(tf.float32, [1, 3], name="x")
+        w = tf.constant(np.eye(3, dtype=np.float16) * 1.5)
+        y = tf.matmul(tf.cast(x, tf.float16), w)
+        tf.identity(y, name="y")  # a float16 output, as a mixed-precision Dense gives
+
+    graph_def = build(graph)
+    same, log = run_pass("bfloat16_in_fp32", graph_def)
+    assert same is graph_def and not log.changes
+    out, log = run_pass("compute_in_fp32", graph_def)
+    (change,) = log.changes
+    assert change["compute"] == "float16" and change["nodes"] >= 3
+    types = {n.op: n.attr["T"].type for n in out.node if n.op in ("MatMul", "Identity")}
+    assert types["MatMul"] == tf.float32.as_datatype_enum
+    y = run_graph(out, {"x:0": X}, "y:0")
+    assert y.dtype == np.float16  # the signature keeps its dtype
+    np.testing.assert_allclose(y, (X * 1.5).astype(np.float16))

@@ -21,7 +21,7 @@ from tfopt.data import read_feeds
 from tfopt.errors import InputError, UsageError, first_line
 from tfopt.exporters import EXPORTERS, ExportOptions
 from tfopt.exporters import prepare as prepare_for
-from tfopt.graph import constant_bytes, non_finite_constants, op_histogram
+from tfopt.graph import compute_precision, constant_bytes, non_finite_constants, op_histogram
 from tfopt.inputs import draw, input_domains
 from tfopt.limits import run_bounded
 from tfopt.loaders import Loaded, check_exists, detect_format, load
@@ -37,7 +37,16 @@ from tfopt.quantize import choose_precision
 from tfopt.report import WRITTEN, ArtifactReport, FreezeResult, GraphSummary
 from tfopt.resources import Stages
 from tfopt.security import io_ops, refuse_io_ops, security_report
-from tfopt.verify import BUDGETS, Budget, Check, feed_shapes, noise_floor, top1_accuracy
+from tfopt.verify import (
+    BUDGETS,
+    MANTISSA_BITS,
+    Budget,
+    Check,
+    feed_shapes,
+    noise_floor,
+    top1_accuracy,
+    widened,
+)
 
 VERIFY_SAMPLES = 64  # calibration samples that quantized artifacts are checked on
 
@@ -175,6 +184,7 @@ def prepare(src: Path, opts: FreezeOptions, stages: Stages, start: float) -> Pre
     timings = {}
     with stages(f"load {src.name}"):
         loaded = load(src, opts.load_options())
+    loaded.reference = widened(loaded.reference)
     timings["load"] = round(time.perf_counter() - start, 2)
     check_graph_size(loaded.model.graph_def, opts.load_options(), "the frozen graph")
     found = io_ops(loaded.model.graph_def, src if src.is_dir() else None)
@@ -211,7 +221,8 @@ def prepare(src: Path, opts: FreezeOptions, stages: Stages, start: float) -> Pre
             raise InputError(f"the original model rejects the verification inputs: "
                              f"{first_line(exc)}; check --input-shape or --data") from exc
         _check_finite(model, expected)
-        floor = noise_floor(loaded.reference, feeds, expected)
+        compute = compute_precision(model.graph_def)
+        floor = noise_floor(loaded.reference, feeds, expected, compute=compute)
         batched = _batched(model, feeds) if labels is None else None
         batched_expected = None if batched is None else _batch_reference(loaded, batched)
         reshaped, reshaped_expected, passed_over = (None, None, []) if drawn is None else \
@@ -222,7 +233,7 @@ def prepare(src: Path, opts: FreezeOptions, stages: Stages, start: float) -> Pre
                   _budgets(opts.max_drop, opts.min_cosine, opts.min_agreement), floor,
                   batched if batched_expected is not None else None, batched_expected,
                   reshaped, reshaped_expected)
-    verification = _verification(drawn, floor, expected, opts, check.batch_size)
+    verification = _verification(drawn, floor, expected, opts, check.batch_size, compute)
     verification["shapes"] = [feed_shapes(feeds[0])] + (
         [feed_shapes(check.reshaped)] if check.reshaped is not None else [])
     verification["notes"] += passed_over
@@ -247,8 +258,12 @@ def _run(src: Path, out: Path, staging: Path, opts: FreezeOptions, start: float,
             with stages(f"{fmt}: export and verify"):
                 prepared, prepared_reports = prepare_for(fmt, ready.model)
                 ready.reports += prepared_reports
-                artifacts.append(_export(fmt, prepared, staging, out, export, ready.check,
-                                         opts.objective, opts.targets != TARGETS))
+                report = _export(fmt, prepared, staging, out, export, ready.check,
+                                 opts.objective, opts.targets != TARGETS)
+                # a preparation pass that changes how the artifact computes says so
+                report.note = "; ".join(filter(None, [report.note] + [
+                    c.get("note") for r in prepared_reports for c in r.changes])) or None
+                artifacts.append(report)
         return write_result(ready, artifacts, opts, out, staging, stages, start)
 
 
@@ -358,14 +373,19 @@ CHAOTIC = 1e-3  # noise floor over output scale beyond which inputs look out of 
 
 
 def _verification(drawn: dict | None, floor: dict[str, float], expected: list[dict],
-                  opts: FreezeOptions, batch: int | None) -> dict:
+                  opts: FreezeOptions, batch: int | None, compute: str) -> dict:
     """What the artifacts were checked on and against, for the report."""
     source = "--eval" if opts.eval_data is not None else "--data" if opts.data is not None \
         else "calibration samples" if drawn is None else "drawn by tfopt"
     notes = []
+    chaotic = CHAOTIC  # per float32 ulp; a coarser ulp moves the outputs further
+    if compute in MANTISSA_BITS:
+        chaotic *= 2.0 ** (23 - MANTISSA_BITS[compute])
+        notes.append(f"the original computes in {compute} (a mixed-precision policy): its "
+                     f"noise floor moves the inputs by one {compute} ulp")
     for name, value in floor.items():
         scale = max(float(np.max(np.abs(np.asarray(s[name], np.float64)))) for s in expected)
-        if scale and value > CHAOTIC * scale:
+        if scale and value > chaotic * scale:
             notes.append(f"output '{name}' of the original moves by {value:.3g} "
                          f"({value / scale:.1%} of its scale) when its inputs move by one "
                          "ulp: the inputs are "
@@ -412,7 +432,7 @@ def _export(fmt: str, model: Model, staging: Path, out: Path, options: ExportOpt
             options = replace(options, quantize="none")
         report = build_and_check(fmt, model, staging / exporter.FILENAME, options, check,
                                  explicit)
-        report.note = note
+        report.note = "; ".join(filter(None, [note, report.note])) or None
     if report.status in WRITTEN:
         report.path = str(out / exporter.FILENAME)
     return report

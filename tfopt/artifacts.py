@@ -13,7 +13,7 @@ from tfopt.files import path_bytes, sidecar, tree_digest
 from tfopt.model import Model
 from tfopt.output import write_failure
 from tfopt.report import ArtifactReport
-from tfopt.verify import Check, batch_size, feed_shapes
+from tfopt.verify import Check, batch_size, feed_shapes, widened
 
 LARGE_ARTIFACT = 64 << 20  # bytes
 
@@ -45,7 +45,7 @@ def build_and_check(fmt: str, model: Model, path: Path, options: ExportOptions,
                             precision=exported.precision, fallback=exported.fallback,
                             attempts=exported.attempts, steps=exported.steps,
                             float_layers=list(options.float_layers),
-                            recurrent=exported.recurrent,
+                            recurrent=exported.recurrent, note=exported.note,
                             seconds=round(time.perf_counter() - start, 2))
     report.bytes = path_bytes(path)
     report.sha256 = tree_digest(path)
@@ -56,7 +56,7 @@ def build_and_check(fmt: str, model: Model, path: Path, options: ExportOptions,
     try:
         if large:  # the exporter's TF objects hold cycles: free its copy of the weights
             gc.collect()
-        run = exporter.runner(path, model)
+        run = widened(exporter.runner(path, model))
         actual = [run(feed) for feed in check.feeds]
         report.verify_seconds = round(time.perf_counter() - start, 2)
     except Exception as exc:  # the artifact's own runtime refused it: a failed target

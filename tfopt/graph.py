@@ -96,7 +96,24 @@ FORWARDING_OPS = frozenset({"Identity", "RefIdentity", "Snapshot", "StopGradient
 
 
 DT_FLOAT, DT_INT32, DT_STRING, DT_INT64, DT_RESOURCE = 1, 3, 7, 9, 20  # DataType enums
+DT_BFLOAT16, DT_HALF = 14, 19
 FLOAT_TYPES = frozenset({1, 2, 14, 19})  # DataType enums: float32, float64, bfloat16, float16
+# ops whose precision is the model's compute precision (Keras' mixed policies lower them)
+COMPUTE_OPS = frozenset({"Conv2D", "Conv3D", "DepthwiseConv2dNative", "MatMul", "BatchMatMul",
+                         "BatchMatMulV2", "BatchMatMulV3", "Einsum", "Conv2DBackpropInput",
+                         "Conv3DBackpropInputV2", "_FusedConv2D", "_FusedMatMul"})
+
+
+def compute_precision(graph_def) -> str:
+    """The precision a graph's convolutions and matmuls compute in, its functions included:
+    "float32", or "float16"/"bfloat16" (the lowest) under a Keras mixed-precision policy."""
+    found = set()
+    nodes = list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
+    for node in nodes:
+        if node.op in COMPUTE_OPS and "T" in node.attr:
+            found.add(node.attr["T"].type)
+    return "float16" if DT_HALF in found else "bfloat16" if DT_BFLOAT16 in found else \
+        "float32"
 # a v1 while loop's back edge: its output feeds a Merge earlier in the loop
 BACK_EDGE_OPS = frozenset({"NextIteration", "RefNextIteration"})
 NORM_OPS = frozenset({"FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3"})

@@ -16,7 +16,7 @@ from tfopt.files import path_bytes, tree_digest
 from tfopt.model import Model, TensorSpec
 from tfopt.options import FreezeOptions
 from tfopt.report import ArtifactReport
-from tfopt.verify import Check, batch_size, feed_shapes
+from tfopt.verify import Check, batch_size, feed_shapes, widened
 
 SUFFIXES = {".onnx": "onnx", ".tflite": "tflite", ".pb": "pb"}
 
@@ -184,7 +184,7 @@ class PairedRun:
         for name, value in feed.items():
             order = self.input_order[name]
             given[self.inputs[name]] = value if order is None else np.transpose(value, order)
-        got = self.opened.run(given)
+        got = widened(self.opened.run)(given)
         return {name: self._read(name, np.asarray(got[theirs]))
                 for name, theirs in self.outputs.items()}
 

@@ -241,14 +241,26 @@ def _budget_reasons(parity: Parity, budget: Budget, reference_accuracy: float | 
     return reasons
 
 
+def widened(run: Callable[[dict], dict]) -> Callable[[dict], dict]:
+    """A model run whose bfloat16 outputs come back as float32, which numpy computes with
+    (a bfloat16 array is not a numpy number)."""
+    def run_widened(feed: dict) -> dict:
+        return {name: value.astype(np.float32)
+                if isinstance(value, np.ndarray) and value.dtype.name == "bfloat16" else value
+                for name, value in run(feed).items()}
+    return run_widened
+
+
 def noise_floor(reference: Callable[[dict], dict], feeds: list[dict],
-                expected: list[dict], samples: int = 3) -> dict[str, float]:
-    """How far the original's own outputs move when every float input moves by one ulp
-    (or, without float inputs, between two runs): the resolution below which no artifact
-    can be judged."""
+                expected: list[dict], samples: int = 3, compute: str = "float32"
+                ) -> dict[str, float]:
+    """How far the original's own outputs move when every float input moves by one ulp of
+    the precision the model computes in (float16 under Keras' mixed_float16: a float32 ulp
+    vanishes in its first cast), or, without float inputs, between two runs: the resolution
+    below which no artifact can be judged."""
     floor: dict[str, float] = {}
     for feed, want in list(zip(feeds, expected))[:samples]:
-        nudged = {k: np.nextafter(v, np.inf).astype(v.dtype)
+        nudged = {k: one_ulp_up(v, compute)
                   if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v
                   for k, v in feed.items()}
         moved = reference(nudged)
@@ -260,6 +272,17 @@ def noise_floor(reference: Callable[[dict], dict], feeds: list[dict],
             delta = delta[np.isfinite(delta)]
             floor[name] = max(floor.get(name, 0.0), float(delta.max()) if delta.size else 0.0)
     return floor
+
+
+MANTISSA_BITS = {"float16": 10, "bfloat16": 7}  # stored bits; float32 uses np.nextafter
+
+
+def one_ulp_up(value: np.ndarray, compute: str) -> np.ndarray:
+    """value moved up by one unit in the last place of the compute precision."""
+    if compute not in MANTISSA_BITS:
+        return np.nextafter(value, np.inf).astype(value.dtype)
+    _, exponent = np.frexp(value.astype(np.float64))
+    return (value + np.ldexp(1.0, exponent - 1 - MANTISSA_BITS[compute])).astype(value.dtype)
 
 
 def feed_shapes(feed: dict) -> dict[str, list[int]]:

@@ -1,5 +1,6 @@
 """Graph passes, registered by name; a pipeline is a list of names."""
 from tfopt.passes import (  # noqa: F401 (registers them)
+                          compute_in_fp32,
                           dedupe,
                           dynamic_tensor_lists,
                           erfc_to_erf,

@@ -12,13 +12,14 @@ from tfopt.exporters.onnx.convert import unsupported_ops as _tf2onnx_unsupported
 from tfopt.exporters.onnx.quantize import QUANTIZERS, quiet_logging
 from tfopt.exporters.onnx.rewrites import FINISH, POST_OPTIMIZE, QUANTIZED_FINISH, run_rewrites
 from tfopt.exporters.onnx.runtime import describe, open_artifact, read_precision, runner
+from tfopt.graph import compute_precision
 from tfopt.model import Model
 
 FORMAT = "onnx"
 FILENAME = "model.onnx"
 MODES = frozenset(QUANTIZE_MODES)
 # TF passes that make the frozen graph convertible; TF's CPU kernels may no longer run it
-PREPARE = ("inline_xla_calls", "erfc_to_erf")
+PREPARE = ("inline_xla_calls", "erfc_to_erf", "bfloat16_in_fp32")
 
 INTEGER = ("dynamic", "int8", "int16x8")  # modes whose names outweigh their weights
 RECURRENT = {"LSTM": "native ONNX LSTM (tf2onnx's LSTM rewriter)",
@@ -67,4 +68,7 @@ def export(model: Model, path: Path, options: ExportOptions) -> Exported:
         except Exception as exc:  # ValidationError, InferenceError
             raise ConversionError(f"the ONNX model with external data is invalid: "
                                   f"{first_line(exc)}") from exc
-    return Exported(precision=precision, steps=steps + named, recurrent=recurrent)
+    kept = compute_precision(model.graph_def)  # bfloat16 was made float32 (bfloat16_in_fp32)
+    note = f"keeps the original's {kept} compute (onnxruntime runs it)" \
+        if kept != "float32" else None
+    return Exported(precision=precision, steps=steps + named, recurrent=recurrent, note=note)
