@@ -35,6 +35,14 @@ COVERED = {
         "test_pass_logs.py::test_strip_augmentation_keeps_a_draw_that_is_not_a_layer"],
     "compute_in_fp32": ["test_pass_logs.py::test_compute_in_fp32_lifts_float16_only_when_asked"],
     "bfloat16_in_fp32": ["test_pass_logs.py::test_compute_in_fp32_lifts_float16_only_when_asked"],
+    "fused_nms_to_op": [
+        "test_detection.py::test_batched_padded_nms_is_inlined_for_onnx_and_says_why",
+        "test_detection.py::test_padded_nms_keeps_its_fusion_marker"],
+    "unmark_fused_calls": [
+        "test_detection.py::test_batched_padded_nms_is_inlined_for_onnx_and_says_why"],
+    "combined_nms": ["test_pass_logs.py::test_combined_nms_decomposes_what_it_can"],
+    "combined_nms_per_class_boxes": [
+        "test_pass_logs.py::test_combined_nms_decomposes_what_it_can"],
     "dynamic_tensor_lists": [
         "test_pass_logs.py::test_dynamic_tensor_lists_take_the_batch_from_the_input"],
 }
@@ -187,3 +195,24 @@ def test_compute_in_fp32_lifts_float16_only_when_asked():
     y = run_graph(out, {"x:0": X}, "y:0")
     assert y.dtype == np.float16  # the signature keeps its dtype
     np.testing.assert_allclose(y, (X * 1.5).astype(np.float16))
+
+
+def test_combined_nms_decomposes_what_it_can():
+    def graph():
+        boxes = tf.compat.v1.placeholder(tf.float32, [1, 10, 1, 4], name="x")
+        scores = tf.compat.v1.placeholder(tf.float32, [1, 10, 2], name="scores")
+        limit = tf.compat.v1.placeholder(tf.int32, [], name="limit")
+        fixed = tf.image.combined_non_max_suppression(boxes, scores, 3, 5, name="fixed")
+        fed = tf.image.combined_non_max_suppression(boxes, scores, 3, limit, name="fed")
+        tf.identity(fixed[1] + tf.reduce_sum(fed[1]), name="y")
+
+    graph_def = build(graph)
+    inputs = ("x", "scores", "limit")
+    out, log = run_pass("combined_nms", graph_def, inputs=inputs)
+    (change,) = log.changes
+    assert change["suppressions"] == 2
+    (skip,) = log.skipped
+    assert "max_total_size is computed" in skip["reason"]
+    assert [n.op for n in out.node].count("NonMaxSuppressionV4") == 2
+    _, log = run_pass("combined_nms_per_class_boxes", graph_def, inputs=inputs)
+    assert not log.changes and any("share their boxes" in s["reason"] for s in log.skipped)

@@ -129,6 +129,23 @@ def is_stateful(op: str) -> bool:
     return op_def is None or op_def.is_stateful
 
 
+def imported(graph_def):
+    """A tf.Graph holding graph_def, for TF's dtypes and static shapes of its tensors."""
+    import tensorflow as tf
+
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.import_graph_def(graph_def, name="")
+    return graph
+
+
+def static_shape(graph, ref: str) -> list | None:
+    """A tensor's static shape in an imported graph (None dims unknown), None if its rank is."""
+    name, _, port = ref.partition(":")
+    shape = graph.get_operation_by_name(name).outputs[int(port or 0)].shape
+    return None if shape.rank is None else shape.as_list()
+
+
 def copy_graph(graph_def):
     """A deep copy of a GraphDef (passes never mutate their input)."""
     out = type(graph_def)()

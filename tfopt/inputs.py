@@ -8,6 +8,9 @@ noise) or fail outright (token ids past an embedding's vocabulary). So, per inpu
   `(x - mean) / std`): drawn so that the map's output is in its usual range: pixels in
   0..255 for a 1/255 or 1/127.5 rescaling, else `(z - b) / s` with z standard normal;
 - integer indices into a constant table (Gather: embeddings, token types): 0..rows-1;
+- float boxes that non-max suppression or CropAndResize reads: corners in 0..1 with
+  y1 < y2 and x1 < x2 (TF and the TFLite NMS kernel disagree on inverted boxes, which no
+  detector makes);
 - integer inputs named like masks: ones (no padding); booleans: 0/1;
 - unknown dimensions: 1 for the batch, 16 for sequence-like inputs (rank 2-3), 32 for the
   spatial dimensions of rank-4+ inputs.
@@ -32,7 +35,7 @@ _SHIFT_OPS = {"Add": 1.0, "AddV2": 1.0, "Sub": -1.0, "BiasAdd": 1.0}
 @dataclass(frozen=True)
 class Domain:
     shape: tuple[int, ...]
-    how: str  # "normal", "affine", "uniform", "indices", "ones", "bool", "text"
+    how: str  # "normal", "affine", "uniform", "boxes", "indices", "ones", "bool", "text"
     why: str
     scale: Any = 1.0  # affine: the map's scale and shift
     shift: Any = 0.0
@@ -47,6 +50,7 @@ def input_domains(model: Model, shapes: dict[str, tuple[int, ...]]) -> dict[str,
     graph_def = model.graph_def
     nodes = {n.name: n for n in graph_def.node}
     readers = consumers(graph_def)
+    library = {f.signature.name: f for f in graph_def.library.function}
     found = {}
     for spec in model.inputs:
         shape = spec.concrete_shape(shapes.get(spec.name))
@@ -58,7 +62,7 @@ def input_domains(model: Model, shapes: dict[str, tuple[int, ...]]) -> dict[str,
         elif np.issubdtype(dtype, np.integer):
             found[spec.name] = _integer_domain(spec, shape, nodes, readers)
         else:
-            found[spec.name] = _float_domain(spec, shape, nodes, readers)
+            found[spec.name] = _float_domain(spec, shape, nodes, readers, library)
     return found
 
 
@@ -75,6 +79,21 @@ def _string_domain(spec: TensorSpec, shape: tuple, graph_def: Any, readers: dict
                               f"({len(keys)} of them) and one unknown string",
                               choices=tuple(keys) + (b"<tfopt-unknown>",))
     return Domain(shape, "text", "the constant string 'tfopt'")
+
+
+def _first_input(node: Any) -> str:
+    return node_name(next(r for r in node.input if not r.startswith("^")))
+
+
+def _passed(name: str, readers: dict) -> set[str]:
+    """A tensor's node and the casts, reshapes and identities it goes through."""
+    found, frontier = {name}, [name]
+    while frontier:
+        for reader in readers.get(frontier.pop(), ()):
+            if reader.op in _THROUGH and reader.name not in found:
+                found.add(reader.name)
+                frontier.append(reader.name)
+    return found
 
 
 def _first_readers(name: str, readers: dict) -> list:
@@ -107,8 +126,30 @@ def _operand(node: Any, nodes: dict) -> tuple[np.ndarray, int] | None:
     return known[0] if len(known) == 1 else None
 
 
-def _float_domain(spec: TensorSpec, shape: tuple, nodes: dict, readers: dict) -> Domain:
+# ops whose input 0 is boxes [..., 4] as (y1, x1, y2, x2)
+BOX_OPS = frozenset({"NonMaxSuppression", "NonMaxSuppressionV2", "NonMaxSuppressionV3",
+                     "NonMaxSuppressionV4", "NonMaxSuppressionV5", "CombinedNonMaxSuppression",
+                     "NonMaxSuppressionWithOverlaps", "CropAndResize"})
+
+
+def _reads_boxes(reader: Any, library: dict) -> bool:
+    """Whether a node reads boxes as its input 0: a box op, or a call of a function that
+    implements non-max suppression (kept whole for the TFLite converter's fusion)."""
+    if reader.op in BOX_OPS:
+        return True
+    function = library.get(reader.attr["f"].func.name) if "f" in reader.attr else None
+    return function is not None and "non_max_suppression" in \
+        function.attr["_implements"].s.decode()
+
+
+def _float_domain(spec: TensorSpec, shape: tuple, nodes: dict, readers: dict,
+                  library: dict) -> Domain:
     first = _first_readers(spec.name, readers)
+    if shape and shape[-1] == 4 and first and all(
+            _reads_boxes(r, library) and _first_input(r) in _passed(spec.name, readers)
+            for r in first):
+        return Domain(shape, "boxes", "boxes (y1, x1, y2, x2), corners uniform in 0..1 with "
+                      "y1 < y2 and x1 < x2 (non-max suppression reads them)")
     if len(first) == 1 and first[0].op in _SCALE_OPS:
         operand = _operand(first[0], nodes)
         if operand is not None and (first[0].op == "Mul" or operand[1] == 1) \
@@ -207,6 +248,10 @@ def draw(domains: dict[str, Domain], inputs: list[TensorSpec], samples: int,
                 value = rng.integers(0, domain.high, domain.shape).astype(dtype)
             elif domain.how == "uniform":
                 value = rng.uniform(0.0, 255.0, domain.shape).astype(dtype)
+            elif domain.how == "boxes":
+                corner = rng.uniform(0.0, 0.8, domain.shape[:-1] + (2,))
+                size = rng.uniform(0.05, 0.2, domain.shape[:-1] + (2,))
+                value = np.concatenate([corner, corner + size], -1).astype(dtype)
             else:
                 z = rng.standard_normal(domain.shape)
                 if domain.how == "affine":

@@ -13,7 +13,7 @@ from tfopt.security import io_ops, refuse_io_ops
 FORMAT = "pb"
 FILENAME = "model.pb"
 MODES = frozenset({"none"})
-PREPARE: tuple[str, ...] = ()
+PREPARE = ("unmark_fused_calls",)
 
 
 def export(model: Model, path: Path, options: ExportOptions) -> Exported:

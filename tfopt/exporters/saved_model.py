@@ -21,7 +21,7 @@ from tfopt.security import io_ops, refuse_io_ops
 FORMAT = "saved_model"
 FILENAME = "saved_model"
 MODES = frozenset({"none"})
-PREPARE: tuple[str, ...] = ()
+PREPARE = ("unmark_fused_calls",)
 
 
 def export(model: Model, path: Path, options: ExportOptions) -> Exported:

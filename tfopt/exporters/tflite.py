@@ -38,7 +38,7 @@ def _batch_one(model: Model) -> Model | None:
 
 
 MODES = frozenset(QUANTIZE_MODES)
-PREPARE = ("dynamic_tensor_lists", "compute_in_fp32")
+PREPARE = ("dynamic_tensor_lists", "compute_in_fp32", "unmark_fused_calls", "combined_nms")
 
 
 RECURRENT = {

@@ -13,6 +13,7 @@ from tfopt.categories import is_optimizer_variable, writes_variable
 from tfopt.errors import InputError, first_line
 from tfopt.graph import (
     FORWARDING_OPS,
+    imported,
     inlined_size,
     node_name,
     op_histogram,
@@ -126,7 +127,9 @@ def spec_from_tf(name: str, tf_spec) -> TensorSpec:
 
 
 def function_io_names(fn) -> tuple[list[str], list[str]]:
-    """Signature names of a ConcreteFunction's flat inputs and outputs, in TF's flattening order."""
+    """Signature names of a ConcreteFunction's flat inputs and outputs, in TF's flattening
+    order. An output named like an input (a detection head's `boxes` in and out) is
+    `<name>_output`: every artifact names its tensors in one namespace."""
     import tensorflow as tf
 
     args, kwargs = fn.structured_input_signature
@@ -136,6 +139,11 @@ def function_io_names(fn) -> tuple[list[str], list[str]]:
         outputs = sorted(fn.structured_outputs)
     else:
         outputs = [f"output_{i}" for i in range(len(tf.nest.flatten(fn.structured_outputs)))]
+    taken = set(inputs) | set(outputs)
+    for i, name in enumerate(outputs):
+        if name in inputs:
+            outputs[i] = unique_name(f"{name}_output", taken)
+            taken.add(outputs[i])
     return inputs, outputs
 
 
@@ -201,12 +209,7 @@ def rewritten_reference(model: Model, reports: list, original: Callable[[dict], 
 
 def frozen_reference(model: Model) -> Callable[[dict], dict]:
     """Runs the rewritten, frozen graph in TF: the original no longer means the same."""
-    import tensorflow as tf
-
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.compat.v1.import_graph_def(model.graph_def, name="")
-    session = plain_session(graph)
+    session = plain_session(imported(model.graph_def))
     model.meta["reference_session"] = session
     return session_reference(session, {t.name: t.tensor for t in model.inputs},
                              {t.name: t.tensor for t in model.outputs}, model.weights)

@@ -153,14 +153,61 @@ def _inlined(fn: Any, kept: set[str], rewrite: Rewrite | None) -> tuple[Any, Any
 
 def freeze_keeping(fn: Any, kept: set[str]) -> Any:
     """convert_variables_to_constants_v2 with some variables left as captures: the public
-    function has no denylist, the converter class it wraps does."""
+    function has no denylist, the converter class it wraps does. A function that the TFLite
+    converter fuses into one builtin (FUSED_FUNCTIONS) stays a call: c2c inlines it."""
     from tensorflow.python.framework import convert_to_constants as c2c
 
-    data = c2c._FunctionConverterDataInEager(func=fn, lower_control_flow=False,
-                                              aggressive_inlining=True,
-                                              variable_names_denylist=kept)
+    fused = fused_functions(fn.graph.as_graph_def().library)
+    if fused:
+        data = c2c._FunctionConverterDataInEager.__new__(c2c._FunctionConverterDataInEager)
+        data._func = fn
+        c2c._ConverterData.__init__(data, _inlined_keeping(fn, fused),
+                                    variable_names_denylist=kept)
+        data._build_tensor_data()
+    else:
+        data = c2c._FunctionConverterDataInEager(func=fn, lower_control_flow=False,
+                                                  aggressive_inlining=True,
+                                                  variable_names_denylist=kept)
     graph_def, converted = c2c._replace_variables_by_constants(converter_data=data)
     return c2c._construct_concrete_function(fn, graph_def, converted)
+
+
+# `_implements` names whose functions the TFLite converter replaces by one builtin op
+FUSED_FUNCTIONS = frozenset({"non_max_suppression_padded_v2", "TFLite_Detection_PostProcess",
+                             "embedding_matmul"})
+
+
+def fused_functions(library: Any) -> set[str]:
+    """Library functions marked for a TFLite converter fusion."""
+    return {f.signature.name for f in library.function
+            if f.attr["_implements"].s.decode() in FUSED_FUNCTIONS}
+
+
+def _inlined_keeping(fn: Any, fused: set[str]) -> Any:
+    """c2c's inlining (_run_inline_graph_optimization) keeping the calls of fused functions
+    whole: Grappler's aggressive mode ignores `_noinline`, and specializes a kept call to its
+    constant arguments (the converter then no longer recognizes the signature), but does
+    neither to a call marked `_XlaMustCompile`. The mark stays through tfopt's passes; each
+    exporter's preparation removes it (unmark_fused_calls), or inlines the body
+    (inline_xla_calls)."""
+    from tensorflow.python.framework import convert_to_constants as c2c
+
+    from tfopt.passes.grappler import optimize
+
+    graph_def = c2c.disable_lower_using_switch_merge(fn.graph.as_graph_def())
+    for function in graph_def.library.function:
+        function.attr.pop("api_implements", None)  # as c2c does: only a device choice
+        if function.signature.name in fused:
+            function.attr["_noinline"].b = True
+    for node in _fused_calls(graph_def, fused):
+        node.attr["_XlaMustCompile"].b = True
+    return optimize(graph_def, [t.name for t in fn.inputs + fn.outputs], ["function"],
+                    aggressive=True)
+
+
+def _fused_calls(graph_def: Any, fused: set[str]) -> list:
+    nodes = list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
+    return [n for n in nodes if "f" in n.attr and n.attr["f"].func.name in fused]
 
 
 VALUE_READS = frozenset({"ReadVariableOp", "ResourceGather", "ResourceGatherNd"})

@@ -1,5 +1,6 @@
 """Graph passes, registered by name; a pipeline is a list of names."""
 from tfopt.passes import (  # noqa: F401 (registers them)
+                          combined_nms,
                           compute_in_fp32,
                           dedupe,
                           dynamic_tensor_lists,
@@ -8,6 +9,7 @@ from tfopt.passes import (  # noqa: F401 (registers them)
                           fold_pad,
                           fold_scale_shift,
                           freeze_placeholders,
+                          fused_nms_to_op,
                           grappler,
                           inline_xla_calls,
                           prune,
@@ -15,6 +17,7 @@ from tfopt.passes import (  # noqa: F401 (registers them)
                           strip_augmentation,
                           strip_training,
                           training_batch_norm,
+                          unmark_fused_calls,
 )
 from tfopt.passes.base import (
     REGISTRY,

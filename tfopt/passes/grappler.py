@@ -23,7 +23,7 @@ from tfopt.passes.pieces import optimize_in_pieces
 OPTIMIZERS = ["function", "constfold", "shape", "dependency"]
 
 
-def optimize(graph_def, fetch: list[str], optimizers: list[str]):
+def optimize(graph_def, fetch: list[str], optimizers: list[str], aggressive: bool = False):
     from tensorflow.core.protobuf import config_pb2, meta_graph_pb2, rewriter_config_pb2
     from tensorflow.python.grappler import tf_optimizer
 
@@ -39,11 +39,16 @@ def optimize(graph_def, fetch: list[str], optimizers: list[str]):
     rewrite.meta_optimizer_iterations = rewriter_config_pb2.RewriterConfig.ONE
     rewrite.experimental_disable_folding_quantization_emulation = True
     rewrite.min_graph_nodes = -1  # also graphs under 4 nodes (a lone call to inline)
+    if aggressive:  # inline stateful calls too, as freezing does
+        rewrite.function_optimization = rewriter_config_pb2.RewriterConfig.AGGRESSIVE
     config.graph_options.infer_shapes = True
     # the graph alone: export_meta_graph's op list, another pass over every node, is unused
     meta_graph = meta_graph_pb2.MetaGraphDef(graph_def=graph_def)
     meta_graph.collection_def["train_op"].node_list.value.extend(fetch)
-    return tf_optimizer.OptimizeGraph(config, meta_graph)
+    out = tf_optimizer.OptimizeGraph(config, meta_graph)
+    for function in out.library.function:  # a kept call specialized to its constant inputs:
+        function.attr.pop("_GrapplerSpecializedFunc", None)  # SavedModels refuse the mark
+    return out
 
 
 CALLS = frozenset({"PartitionedCall", "StatefulPartitionedCall"})

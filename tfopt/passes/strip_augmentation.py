@@ -28,6 +28,7 @@ from tfopt.graph import (
     called_functions,
     const_node,
     copy_graph,
+    imported,
     is_control,
     keep_nodes,
     node_name,
@@ -133,7 +134,7 @@ def _innermost_layer(draw: str, graph_def, ctx: PassContext, node_kinds: dict
                      ) -> tuple[_Layer | None, list[str]]:
     """The innermost name scope around a draw that is an augmentation layer with an
     inference form, or None and why each scope is not."""
-    graph = _import(graph_def)
+    graph = imported(graph_def)
     nodes = {n.name: n for n in graph_def.node}
     reasons = []
     for scope in _scopes(draw):
@@ -145,15 +146,6 @@ def _innermost_layer(draw: str, graph_def, ctx: PassContext, node_kinds: dict
         else:
             return layer, reasons
     return None, reasons
-
-
-def _import(graph_def):
-    import tensorflow as tf
-
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.compat.v1.import_graph_def(graph_def, name="")
-    return graph
 
 
 @dataclass
