@@ -80,7 +80,9 @@ def build_and_check(fmt: str, model: Model, path: Path, options: ExportOptions,
         report.batch["limit"] = exported.batch_limit
     report.shapes = {"verified": [feed_shapes(check.feeds[0])]}
     reshaped = None
-    if check.reshaped is not None:
+    if check.reshaped is not None and exported.shape_limit is not None:
+        report.shapes["limit"] = exported.shape_limit
+    elif check.reshaped is not None:
         try:
             reshaped = run(check.reshaped)
         except Exception as exc:  # the runtime refused another size: a failed target

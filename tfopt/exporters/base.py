@@ -39,6 +39,7 @@ class Exported:
     steps: list[dict] = field(default_factory=list)  # post-optimizations, nodes after each
     recurrent: list[dict] = field(default_factory=list)  # per recurrent layer: how converted
     batch_limit: str | None = None  # why the artifact takes batch 1 only; None: any batch
+    shape_limit: str | None = None  # why it takes the verification shape only; None: any
     note: str | None = None  # how it differs from the original's compute, if it does
 
 

@@ -27,14 +27,33 @@ FILENAME = "model.tflite"
 
 # tried in order. batch_1 fixes unknown batch dimensions to 1, in the inputs and in tensor
 # lists, so that tensor-list lowering has static element shapes (Keras LSTM/GRU need it);
-# the artifact then takes batch 1 only, and says so in its input shapes.
-ATTEMPTS = ("none", "batch_1", "select_tf_ops")
+# the artifact then takes batch 1 only, and says so in its input shapes. fixed_shape fixes
+# every unknown dimension to the verification shape (a causal mask sliced to a dynamic
+# length is a Flex StridedSlice otherwise); the artifact takes that shape only.
+ATTEMPTS = ("none", "batch_1", "fixed_shape", "select_tf_ops")
 
 
 def _batch_one(model: Model) -> Model | None:
     shapes: dict[str, tuple] = {t.name: (1, *t.shape[1:]) for t in model.inputs
                                 if t.shape and t.shape[0] is None}
     return model.with_input_shapes(shapes) if shapes else None
+
+
+def _fixed_shape(model: Model) -> Model | None:
+    """Every unknown dimension fixed as verification fills it, if some are past the batch."""
+    if not any(t.shape and None in t.shape[1:] for t in model.inputs):
+        return None
+    return model.with_input_shapes({t.name: t.concrete_shape() for t in model.inputs
+                                    if t.shape and None in t.shape})
+
+
+def _shape_limit(model: Model) -> str:
+    fixed = {t.name: t.concrete_shape() for t in model.inputs if t.shape and None in t.shape}
+    given = ", ".join(f"{name} {'x'.join(map(str, shape))}" for name, shape in fixed.items())
+    flags = " ".join(f"--input-shape {name}={','.join(map(str, shape))}"
+                     for name, shape in fixed.items())
+    return (f"takes {given} only (with unknown dimensions the converter needed Select TF "
+            f"ops); choose another size with {flags}")
 
 
 MODES = frozenset(QUANTIZE_MODES)
@@ -167,7 +186,8 @@ def export(model: Model, path: Path, options: ExportOptions) -> Exported:
     with tempfile.TemporaryDirectory(prefix="tfopt-tflite-") as workdir:
         saved = {}
         for fallback in ATTEMPTS:
-            candidate = _batch_one(model) if fallback == "batch_1" else model
+            candidate = _batch_one(model) if fallback == "batch_1" else \
+                _fixed_shape(model) if fallback == "fixed_shape" else model
             if candidate is None:
                 continue
             if id(candidate) not in saved:
@@ -191,6 +211,9 @@ def export(model: Model, path: Path, options: ExportOptions) -> Exported:
             if fallback == "batch_1":
                 result.batch_limit = ("the converter lowered the tensor lists only with the "
                                       "batch fixed to 1")
+            if fallback == "fixed_shape":
+                result.shape_limit = _shape_limit(model)
+                result.batch_limit = result.note = result.shape_limit
             path.write_bytes(flatbuffer)
             result.recurrent = [{"layer": name, "conversion": RECURRENT[fallback]}
                                 for name in recurrent_layers(model)]
