@@ -44,8 +44,9 @@ def timed(cmd: list[str], timeout: int = 900) -> dict:
                           timeout=timeout, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     wall = time.perf_counter() - start
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)
-    tail = [line for line in done.stderr.splitlines() if line.strip()
-            and not line.startswith("\t")][-1:]
+    lines = [line for line in done.stderr.splitlines() if line.strip()
+             and not line.startswith("\t") and not line.startswith("Command ")]
+    tail = ([line for line in lines if "rror" in line] or lines)[-1:]
     return {"seconds": round(wall, 2), "rss_mb": round(int(rss.group(1)) / 1024, 1) if rss
             else None, "code": done.returncode, "stderr": tail[0][:300] if tail else ""}
 

@@ -5,7 +5,6 @@ dimensions fixed to the verification shape, which the report and the note name, 
 from __future__ import annotations
 
 import pytest
-
 from zoo import save_serving
 
 

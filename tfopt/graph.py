@@ -129,6 +129,17 @@ def is_stateful(op: str) -> bool:
     return op_def is None or op_def.is_stateful
 
 
+# `_implements` names whose functions the TFLite converter replaces by one builtin op
+FUSED_FUNCTIONS = frozenset({"non_max_suppression_padded_v2", "TFLite_Detection_PostProcess",
+                             "embedding_matmul"})
+
+
+def fused_functions(library) -> set[str]:
+    """Library functions marked for a TFLite converter fusion."""
+    return {f.signature.name for f in library.function
+            if f.attr["_implements"].s.decode() in FUSED_FUNCTIONS}
+
+
 def imported(graph_def):
     """A tf.Graph holding graph_def, for TF's dtypes and static shapes of its tensors."""
     import tensorflow as tf

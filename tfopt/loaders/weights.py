@@ -28,6 +28,7 @@ from tfopt.graph import (
     const_node,
     consumers,
     forwarded_reads,
+    fused_functions,
     inline_constants,
     rename_node,
     unique_name,
@@ -170,17 +171,6 @@ def freeze_keeping(fn: Any, kept: set[str]) -> Any:
                                                   variable_names_denylist=kept)
     graph_def, converted = c2c._replace_variables_by_constants(converter_data=data)
     return c2c._construct_concrete_function(fn, graph_def, converted)
-
-
-# `_implements` names whose functions the TFLite converter replaces by one builtin op
-FUSED_FUNCTIONS = frozenset({"non_max_suppression_padded_v2", "TFLite_Detection_PostProcess",
-                             "embedding_matmul"})
-
-
-def fused_functions(library: Any) -> set[str]:
-    """Library functions marked for a TFLite converter fusion."""
-    return {f.signature.name for f in library.function
-            if f.attr["_implements"].s.decode() in FUSED_FUNCTIONS}
 
 
 def _inlined_keeping(fn: Any, fused: set[str]) -> Any:

@@ -11,8 +11,7 @@ the fused op.
 """
 from __future__ import annotations
 
-from tfopt.graph import copy_graph
-from tfopt.loaders.weights import fused_functions
+from tfopt.graph import copy_graph, fused_functions
 from tfopt.passes.base import PassContext, PassLog, register
 
 MARKS = ("_XlaMustCompile", "_noinline")
