@@ -20,6 +20,11 @@ from tfopt.graph import (
 )
 from tfopt.passes.base import PassContext, PassLog, register
 
+# tensor lists: each loop fills its own, and tf2onnx turns one into the scan output of the
+# loop it feeds, so two loops sharing one lose it (tf2onnx: "Cannot find ... '@@ALLOC'")
+ALLOCATIONS = frozenset({"TensorListReserve", "EmptyTensorList", "TensorArrayV3",
+                         "TensorListFromTensor"})
+
 
 def _key(node, inputs: list[str]) -> bytes:
     digest = hashlib.sha256(node.op.encode())
@@ -62,6 +67,12 @@ def dedupe(graph_def, ctx: PassContext, log: PassLog):
         inputs = [remap(r) for r in node.input]
         data = [r for r in inputs if not is_control(r)]
         key = _key(node, data + sorted(r for r in inputs if is_control(r)))
+        if node.op in ALLOCATIONS:
+            if key in seen_stateful:
+                log.skip(node.name, f"identical to {seen_stateful[key]}, but each loop fills "
+                         f"its own {node.op}")
+            seen_stateful.setdefault(key, node.name)
+            continue
         if is_stateful(node.op):
             if key in seen_stateful:
                 log.skip(node.name, f"identical to {seen_stateful[key]}, but {node.op} is "
