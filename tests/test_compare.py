@@ -114,6 +114,12 @@ def test_other_tools_artifacts_match_and_channels_first_is_paired(cnn, artifacts
         "nchw.onnx; channels-first layout paired by transposing input 'image'")
     assert max(a["parity"]["max_abs_err"] for a in report["artifacts"]) < 1e-5
     assert "nchw.onnx" in run.stdout
+    traced = compare_cli(cnn, artifacts["tf2onnx"], artifacts["stock"], "--trace",
+                         "-o", tmp_path / "traced")
+    assert traced.returncode == 0, traced.stderr
+    report = json.loads((tmp_path / "traced" / "report.json").read_text())
+    for artifact in report["artifacts"]:  # paired by the TF names both keep; no false alarm
+        assert artifact["divergence"]["op"] is None and artifact["divergence"]["compared"] >= 3
 
 
 def test_a_changed_weight_is_found_in_onnx_and_tflite(cnn, artifacts, tmp_path):
@@ -128,6 +134,13 @@ def test_a_changed_weight_is_found_in_onnx_and_tflite(cnn, artifacts, tmp_path):
     assert lines[0].startswith(f"tfopt: {artifacts['corrupt_onnx']} outputs differ from the "
                                "original: output 'scores': max abs error")
     assert len(lines) == 2 and "Traceback" not in run.stderr
+    # the first divergent op is the layer's bias add, whose inputs still match
+    for line, artifact in zip(lines, report["artifacts"][:2]):
+        divergence = artifact["divergence"]
+        assert divergence["op_type"] in ("AddV2", "Add", "BiasAdd"), divergence
+        assert divergence["inputs_match"] is True and 2.9 < divergence["max_abs_error"] < 3.1
+        assert f"first divergence: op '{divergence['op']}'" in line
+    assert report["artifacts"][2]["divergence"] is None  # passed, and --trace not given
 
 
 def test_artifacts_that_cannot_be_paired_are_refused(cnn, artifacts, tmp_path):

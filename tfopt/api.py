@@ -37,6 +37,7 @@ from tfopt.quantize import choose_precision
 from tfopt.report import WRITTEN, ArtifactReport, FreezeResult, GraphSummary
 from tfopt.resources import Stages
 from tfopt.security import io_ops, refuse_io_ops, security_report
+from tfopt.trace import Tracer
 from tfopt.verify import (
     BUDGETS,
     MANTISSA_BITS,
@@ -232,7 +233,7 @@ def prepare(src: Path, opts: FreezeOptions, stages: Stages, start: float) -> Pre
                   top1_accuracy(expected, labels) if labels is not None else None,
                   _budgets(opts.max_drop, opts.min_cosine, opts.min_agreement), floor,
                   batched if batched_expected is not None else None, batched_expected,
-                  reshaped, reshaped_expected)
+                  reshaped, reshaped_expected, Tracer(model, feeds[0], compute), opts.trace)
     verification = _verification(drawn, floor, expected, opts, check.batch_size, compute)
     verification["shapes"] = [feed_shapes(feeds[0])] + (
         [feed_shapes(check.reshaped)] if check.reshaped is not None else [])

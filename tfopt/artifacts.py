@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tfopt.errors import ConversionError, first_line
@@ -13,6 +14,7 @@ from tfopt.files import path_bytes, sidecar, tree_digest
 from tfopt.model import Model
 from tfopt.output import write_failure
 from tfopt.report import ArtifactReport
+from tfopt.trace import message, traced
 from tfopt.verify import Check, batch_size, feed_shapes, widened
 
 LARGE_ARTIFACT = 64 << 20  # bytes
@@ -95,7 +97,24 @@ def build_and_check(fmt: str, model: Model, path: Path, options: ExportOptions,
     report.parity = check.verdict(actual, report.precision, batched, reshaped)
     if not report.parity.passed:
         report.status = "differs"
+    trace_if_asked(report, check, lambda: exporter.trace(path, check.feeds[0],
+                                                         model.signature))
     return report
+
+
+def trace_if_asked(report: ArtifactReport, check: Check,
+                   run_trace: Callable[[], dict]) -> None:
+    """A failing artifact's first divergent op (any artifact's with --trace), in the report
+    and in the failure's reason."""
+    if check.tracer is None or report.parity is None or \
+            (report.parity.passed and not check.trace_all):
+        return
+    start = time.perf_counter()
+    report.divergence = traced(run_trace, check.tracer)
+    report.divergence["seconds"] = round(time.perf_counter() - start, 2)
+    clause = message(report.divergence)
+    if clause and not report.parity.passed:
+        report.parity.reason = f"{report.parity.reason}; {clause}"
 
 
 def _shown(feed: dict) -> str:

@@ -16,6 +16,12 @@ def node_name(ref: str) -> str:
     return head if sep and port.isdigit() else ref
 
 
+def tensor_name(ref: str) -> str:
+    """'a' -> 'a:0', 'a:1' -> 'a:1'."""
+    _, sep, port = ref.rpartition(":")
+    return ref if sep and port.isdigit() else f"{ref}:0"
+
+
 def is_control(ref: str) -> bool:
     return ref.startswith("^")
 

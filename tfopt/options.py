@@ -123,6 +123,10 @@ class FreezeOptions:
     data: Any = _opt(None, Flag(".npz of verification inputs keyed by input name", VERIFY))
     samples: int = _opt(3, Flag("random verification samples when --data is not given",
                                 VERIFY, parse=int))
+    trace: bool = _opt(False, Flag(
+        "compare every intermediate tensor with the original's and name the first op that "
+        "diverges, for passing artifacts too (a failing one is always traced)", VERIFY,
+        parse=bool_arg))
     atol: float | None = _opt(None, Flag(
         "element-wise absolute tolerance; with --atol or --rtol every element must be within "
         "atol + rtol*|expected| (default: the scale-aware rule, see README)", VERIFY,

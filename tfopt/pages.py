@@ -141,6 +141,28 @@ def resource_chart(report: dict) -> str | None:
     return _svg(figure)
 
 
+def divergence_chart(artifact: dict) -> str | None:
+    """Each traced op's error over its tolerance along the original's order (log scale),
+    the first divergence marked."""
+    found = artifact.get("divergence") or {}
+    points = found.get("chart") or []
+    if not points:
+        return None
+    figure, axes = _figure(2.2)
+    ratios = [max(ratio, 1e-4) for _, ratio in points]
+    axes.plot(range(len(points)), ratios, color=PALETTE[0], marker=".", linewidth=1)
+    axes.axhline(1.0, color=PALETTE[2], linestyle="--", linewidth=1, label="tolerance")
+    axes.set_yscale("log")
+    axes.set_xlabel(f"ops of the original, in order ({found.get('compared')} compared)")
+    axes.set_ylabel("error / tolerance")
+    first = [i for i, (op, _) in enumerate(points) if op == found.get("op")]
+    if first:
+        axes.scatter(first[:1], [ratios[first[0]]], color=PALETTE[3], s=60, zorder=3,
+                     label=f"first divergence: {found['op'].rsplit('/', 2)[-2:][0]}")
+    axes.legend(loc="upper left", frameon=False)
+    return _svg(figure)
+
+
 def verdict(artifact: dict) -> tuple[str, str]:
     """(ok | failed | parity, one sentence) for a target's banner."""
     if artifact["status"] == "skipped":
@@ -168,6 +190,7 @@ def render_report(report: dict) -> str:
     return _environment().get_template("report.html.j2").render(
         report=report, charts=charts,
         verdicts={a["format"]: verdict(a) for a in report["artifacts"]},
+        divergences={a["format"]: divergence_chart(a) for a in report["artifacts"]},
         minimums={a["format"]: weights_at_precision(report, a) for a in report["artifacts"]})
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tfopt.artifacts import trace_if_asked
 from tfopt.errors import InputError, first_line
 from tfopt.exporters import EXPORTERS
 from tfopt.exporters.base import Opened
@@ -83,6 +84,10 @@ def check_artifact(fmt: str, path: Path, model: Model, check: Check,
     report.parity = check.verdict(actual, report.precision, batched, reshaped)
     if not report.parity.passed:
         report.status = "differs"
+    ours = {theirs: name for name, theirs in run.outputs.items()}
+    trace_if_asked(report, check, lambda: {
+        ours.get(k, k): v for k, v in exporter.trace(path, run.given(check.feeds[0]),
+                                                     opened.signature).items()})
     report.note = "; ".join(filter(None, [  # the file first: a table row names only the format
         path.name, f"signature '{opened.signature}'"
         if opened.signature not in (None, model.signature) else None, run.note]))
@@ -179,12 +184,16 @@ class PairedRun:
         self.output_order: dict[str, tuple[int, ...] | None] = {}  # from the first run
         self.note: str | None = None
 
-    def __call__(self, feed: dict) -> dict:
+    def given(self, feed: dict) -> dict:
+        """A feed of the model's, as the artifact takes it: renamed and laid out."""
         given = {}
         for name, value in feed.items():
             order = self.input_order[name]
             given[self.inputs[name]] = value if order is None else np.transpose(value, order)
-        got = widened(self.opened.run)(given)
+        return given
+
+    def __call__(self, feed: dict) -> dict:
+        got = widened(self.opened.run)(self.given(feed))
         return {name: self._read(name, np.asarray(got[theirs]))
                 for name, theirs in self.outputs.items()}
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -315,6 +316,8 @@ class Check:
     # a feed at a second size of the inputs' unknown dims, and the original's outputs on it
     reshaped: dict | None = None
     reshaped_expected: dict | None = None
+    tracer: Any = None  # trace.Tracer: the original's intermediate tensors, for divergence
+    trace_all: bool = False  # trace passing artifacts too (--trace)
 
     @property
     def batch_size(self) -> int | None:

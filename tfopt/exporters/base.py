@@ -79,6 +79,10 @@ class Exporter(Protocol):
 
     def runner(self, path: Path, model: Model) -> Callable[[dict], dict]: ...
 
+    # every intermediate tensor on one feed (the artifact's input names), by the artifact's
+    # own tensor names; raises trace.TraceUnavailable where they cannot be read
+    def trace(self, path: Path, feed: dict, signature: str | None) -> dict: ...
+
     # side-effect ops (pb, SavedModel) are refused unless allowed
     def open_artifact(self, path: Path, signature: str, allow_io_ops: bool = False
                       ) -> Opened: ...

@@ -86,5 +86,16 @@ def open_artifact(path: Path, signature: str, allow_io_ops: bool = False,
     return Opened(inputs, ends, run)
 
 
+def trace(path: Path, feed: dict, signature: str | None = None) -> dict:
+    """Every float tensor of the GraphDef, by TF tensor name (any producer)."""
+    import tensorflow as tf
+
+    from tfopt.trace import graph_tensors
+
+    graph_def = tf.compat.v1.GraphDef()
+    graph_def.ParseFromString(path.read_bytes())
+    return graph_tensors(graph_def, feed)
+
+
 def read_precision(path: Path) -> str:
     return "fp32"  # TF graphs: tfopt writes no quantized .pb, and reads them as float

@@ -96,5 +96,13 @@ def open_artifact(path: Path, signature: str, allow_io_ops: bool = False) -> Ope
                   signature=signature)
 
 
+def trace(path: Path, feed: dict, signature: str | None = None) -> dict:
+    from tfopt.trace import TraceUnavailable
+
+    raise TraceUnavailable("a SavedModel's intermediate tensors live inside its functions, "
+                           "which TF does not let a caller read; trace the .pb, which holds "
+                           "the same graph")
+
+
 def read_precision(path: Path) -> str:
     return "fp32"  # TF graphs: tfopt writes no quantized SavedModel, and reads them as float

@@ -261,9 +261,10 @@ def describe(path: Path, model: Model) -> dict[str, int]:
     return dict(sorted(Counter(op_names(path)).items()))
 
 
-def interpreter(path: Path):
+def interpreter(path: Path, preserve_all_tensors: bool = False):
     with native_stderr_silenced():
-        found = compat.tflite_interpreter_class()(model_path=str(path))
+        found = compat.tflite_interpreter_class()(
+            model_path=str(path), experimental_preserve_all_tensors=preserve_all_tensors)
         found.allocate_tensors()  # XNNPACK announces itself here
         return found
 
@@ -272,13 +273,14 @@ def runner(path: Path, model: Model):
     return open_artifact(path, model.signature, allow_io_ops=True).run  # tfopt's own
 
 
-def open_artifact(path: Path, signature: str, allow_io_ops: bool = False) -> Opened:
+def open_artifact(path: Path, signature: str, allow_io_ops: bool = False,
+                  found=None) -> Opened:
     """A .tflite as it is (any producer), through the signature of that name, or its only
     one. Float feeds in, float outputs out; integer inputs/outputs (--int8-io) are quantized
-    and dequantized with the model's own scales."""
+    and dequantized with the model's own scales. found: an interpreter already open."""
     import numpy as np
 
-    found = interpreter(path)
+    found = found or interpreter(path)
     signature = pick_signature(path, list(found.get_signature_list()), signature)
     runner_fn = found.get_signature_runner(signature)
     inputs, outputs = runner_fn.get_input_details(), runner_fn.get_output_details()
@@ -306,6 +308,31 @@ def open_artifact(path: Path, signature: str, allow_io_ops: bool = False) -> Ope
 
     return Opened([spec(k, d) for k, d in inputs.items()],
                   [spec(k, d) for k, d in outputs.items()], run, signature)
+
+
+def trace(path: Path, feed: dict, signature: str | None = None) -> dict:
+    """Every tensor the interpreter preserved, by name (a fused op's names joined by ';'),
+    quantized ones dequantized with their own scale: float values to compare."""
+    import numpy as np
+
+    found = interpreter(path, preserve_all_tensors=True)
+    opened = open_artifact(path, signature or "serving_default", True, found)
+    values = opened.run(feed)  # the outputs by their signature names
+    computed = {i for op in found._get_ops_details() for i in op["outputs"]}  # no weights
+    for detail in found.get_tensor_details():
+        if detail["index"] not in computed:
+            continue
+        scale, zero = detail["quantization"]
+        dtype = np.dtype(detail["dtype"])
+        if dtype.kind != "f" and not (scale and dtype.kind in "iu"):
+            continue
+        try:
+            value = found.get_tensor(detail["index"])
+        except ValueError:  # a tensor no op wrote (an unused constant's slot)
+            continue
+        values[detail["name"]] = (value.astype(np.float32) - zero) * scale \
+            if dtype.kind in "iu" else value
+    return values
 
 
 def read_precision(path: Path) -> str:

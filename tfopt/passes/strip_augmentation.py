@@ -33,6 +33,7 @@ from tfopt.graph import (
     keep_nodes,
     node_name,
     reachable,
+    tensor_name,
     topological_order,
     unique_name,
 )
@@ -178,19 +179,19 @@ class _Layer:
                 source = node_name(ref)
                 if source in inside:
                     continue
-                tensor = graph.get_tensor_by_name(_tensor_name(ref))
+                tensor = graph.get_tensor_by_name(tensor_name(ref))
                 if tensor.dtype.name == "resource":
                     handle = _handle_source(ref, nodes)
                     handles.add(handle)
                     if node.op not in _VARIABLE_READS and node_kinds[name].advances:
                         written.add(handle)  # passed into a call that writes state
                 elif nodes[source].op != "Const":
-                    inputs.add(_tensor_name(ref))
+                    inputs.add(tensor_name(ref))
         weights = handles - written
         if weights:
             return (f"it reads {len(weights)} variable(s) it does not update (weights), so "
                     "it computes more than an augmentation")
-        outputs = {_tensor_name(ref) for name, node in nodes.items() if name not in inside
+        outputs = {tensor_name(ref) for name, node in nodes.items() if name not in inside
                    for ref in node.input if not is_control(ref) and node_name(ref) in inside}
         outputs |= {o + ":0" for o in ctx.outputs if o in inside}
         if len(inputs) != 1 or len(outputs) != 1:
@@ -207,8 +208,8 @@ class _Layer:
         return self.replacement
 
     def _inference(self, added: list, taken: set[str]) -> str | None:
-        x = self.graph.get_tensor_by_name(_tensor_name(self.input))
-        y = self.graph.get_tensor_by_name(_tensor_name(self.output))
+        x = self.graph.get_tensor_by_name(tensor_name(self.input))
+        y = self.graph.get_tensor_by_name(tensor_name(self.output))
         x_shape, y_shape = _static_shape(x), _static_shape(y)
         if not (x.dtype == y.dtype or (y.dtype.is_floating and (x_shape.rank or 0) >= 3)):
             self.becomes = f"it maps {x.dtype.name} to {y.dtype.name}"
@@ -304,10 +305,6 @@ def _float32():
     import tensorflow as tf
 
     return tf.float32
-
-
-def _tensor_name(ref: str) -> str:
-    return ref if ":" in ref and ref.rpartition(":")[2].isdigit() else ref + ":0"
 
 
 def _handle_source(ref: str, nodes: dict) -> str:

@@ -11,7 +11,13 @@ from tfopt.exporters.onnx.convert import default_opset, save, to_onnx
 from tfopt.exporters.onnx.convert import unsupported_ops as _tf2onnx_unsupported
 from tfopt.exporters.onnx.quantize import QUANTIZERS, quiet_logging
 from tfopt.exporters.onnx.rewrites import FINISH, POST_OPTIMIZE, QUANTIZED_FINISH, run_rewrites
-from tfopt.exporters.onnx.runtime import describe, open_artifact, read_precision, runner
+from tfopt.exporters.onnx.runtime import (
+    describe,
+    open_artifact,
+    read_precision,
+    runner,
+    trace,
+)
 from tfopt.graph import compute_precision
 from tfopt.model import Model
 
@@ -29,7 +35,7 @@ RECURRENT = {"LSTM": "native ONNX LSTM (tf2onnx's LSTM rewriter)",
              "Scan": "generic Scan (no native op matched)"}
 
 __all__ = ["FILENAME", "FORMAT", "MODES", "PREPARE", "default_opset", "describe", "export",
-           "open_artifact", "read_precision", "runner", "unsupported_ops"]
+           "open_artifact", "read_precision", "runner", "trace", "unsupported_ops"]
 
 
 def unsupported_ops(model: Model, options: ExportOptions) -> list[str]:

@@ -55,6 +55,32 @@ def open_artifact(path: Path, signature: str, allow_io_ops: bool = False) -> Ope
                   run)
 
 
+def trace(path: Path, feed: dict, signature: str | None = None) -> dict:
+    """Every float node output, exposed as a graph output of a copy (any producer)."""
+    import onnx
+
+    from tfopt.loaders.weights import PROTOBUF_LIMIT
+    from tfopt.trace import TraceUnavailable
+
+    proto = onnx.load(str(path))
+    if proto.ByteSize() > PROTOBUF_LIMIT:
+        raise TraceUnavailable("the ONNX model with its weights passes protobuf's 2 GB, so "
+                               "no copy with every tensor exposed can be made")
+    typed = onnx.shape_inference.infer_shapes(proto)
+    floats = {v.name for v in list(typed.graph.value_info) + list(typed.graph.output)
+              if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    exposed = {o.name for o in proto.graph.output}
+    for node in proto.graph.node:
+        for name in node.output:
+            if name in floats and name not in exposed:
+                proto.graph.output.append(
+                    onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+                exposed.add(name)
+    found = session(proto)
+    names = [o.name for o in found.get_outputs()]
+    return dict(zip(names, found.run(names, {k: _onnx_strings(v) for k, v in feed.items()})))
+
+
 def read_precision(path: Path) -> str:
     """From the quantization ops and initializer types (any producer)."""
     import onnx

@@ -1,0 +1,206 @@
+"""Where an artifact diverges: the original's every intermediate tensor against the
+artifact's, paired by the TF names converters keep, each judged against its own scale and
+the original's own noise floor; the first op (in the original's topological order) whose
+output diverges while its inputs match is named.
+
+Each exporter's `trace(path, feed)` returns the artifact's intermediate tensors by its own
+names: TFLite's preserved tensors (a fused op is named by every TF node it fuses, `a;b`,
+and holds the last one's value), ONNX node outputs exposed as graph outputs (tf2onnx names
+them `node:0`; channels-first ones are paired by transposing), a GraphDef's tensors.
+Written here because no converter or runtime compares a TF original with its artifacts
+op by op (Polygraphy and the TFLite QuantizationDebugger each cover one format).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tfopt.graph import (
+    FORWARDING_OPS,
+    imported,
+    is_control,
+    node_name,
+    plain_session,
+    tensor_name,
+    topological_order,
+)
+from tfopt.model import Model
+from tfopt.verify import ABSOLUTE_FLOOR, NOISE_FACTOR, SCALE_RTOL, one_ulp_up
+
+# ops whose outputs are not values of the computation (or cannot be fetched alone)
+_NOT_TRACED = frozenset({"Const", "Placeholder", "PlaceholderWithDefault", "NoOp", "Switch",
+                         "Merge", "Enter", "Exit", "NextIteration", "LoopCond", "RefSwitch",
+                         "RefMerge", "RefEnter", "RefExit"})
+MAX_CHART = 400  # per-op points kept for the report's chart
+# an intermediate diverges when its error passes this many times its tolerance: healthy
+# artifacts reach 1.2 (TFLite's Sigmoid approximation on EfficientNet), a changed weight
+# thousands; a failing artifact with none that far is judged at 1
+CLEAR_DIVERGENCE = 10.0
+
+
+class TraceUnavailable(Exception):
+    """An artifact whose intermediate tensors cannot be read (said, not failed)."""
+
+
+def graph_tensors(graph_def: Any, feed: Mapping[str, np.ndarray],
+                  weights: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Every float tensor of a GraphDef's main graph on one feed (placeholders by node name),
+    by tensor name `node:k`."""
+    graph = imported(graph_def)
+    fetches = [t for op in graph.get_operations() if op.type not in _NOT_TRACED
+               for t in op.outputs if t.dtype.is_floating]
+    values = {f"{k}:0": v for k, v in feed.items()}
+    values.update({f"{k}:0": v for k, v in (weights or {}).items()})
+    with plain_session(graph) as session:
+        results = session.run(fetches, values)
+    return {t.name: np.asarray(v) for t, v in zip(fetches, results)}
+
+
+@dataclass
+class Tracer:
+    """The original's side, computed once per run: its intermediate tensors on the first
+    verification feed, and how far each moves when the inputs move by one ulp."""
+
+    model: Model
+    feed: dict
+    compute: str = "float32"
+    _reference: dict[str, np.ndarray] | None = field(default=None, repr=False)
+    _floor: dict[str, float] = field(default_factory=dict, repr=False)
+
+    def reference(self) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        if self._reference is None:
+            self._reference = graph_tensors(self.model.graph_def, self.feed, self.model.weights)
+            nudged = {k: one_ulp_up(v, self.compute) if v.dtype.kind == "f" else v
+                      for k, v in self.feed.items()}
+            moved = graph_tensors(self.model.graph_def, nudged, self.model.weights)
+            self._floor = {name: _max_abs(moved[name], value)
+                           for name, value in self._reference.items() if name in moved}
+        return self._reference, self._floor
+
+    def divergence(self, artifact: dict[str, np.ndarray]) -> dict:
+        """The report's `divergence` of one artifact, from its traced tensors."""
+        reference, floor = self.reference()
+        order = {n.name: i for i, n in enumerate(topological_order(self.model.graph_def))}
+        pairs = _pair(reference, artifact, order)
+        judged: dict[str, tuple[float, float]] = {}  # reference tensor -> (error, tolerance)
+        for name, value in pairs.items():
+            expected = reference[name]
+            scale = float(np.max(np.abs(expected))) if expected.size else 0.0
+            tolerance = max(SCALE_RTOL * scale, NOISE_FACTOR * floor.get(name, 0.0),
+                            ABSOLUTE_FLOOR)
+            judged[name] = (_max_abs(value, expected), tolerance)
+        nodes = {n.name: n for n in self.model.graph_def.node}
+        chart = [[node_name(name), round(error / tolerance, 4)] for name, (error, tolerance)
+                 in sorted(judged.items(), key=lambda item: order[node_name(item[0])])]
+        found: dict = {"op": None, "op_type": None, "tensor": None, "max_abs_error": None,
+                       "tolerance": None, "inputs_match": None, "compared": len(judged),
+                       "paired": len(pairs), "traced": len(reference),
+                       "chart": chart[:: max(1, len(chart) // MAX_CHART)][:MAX_CHART]}
+        ranked = sorted(judged.items(), key=lambda item: order[node_name(item[0])])
+        factor = CLEAR_DIVERGENCE if any(e > CLEAR_DIVERGENCE * t for _, (e, t) in ranked) \
+            else 1.0
+        for name, (error, tolerance) in ranked:
+            if error <= factor * tolerance:
+                continue
+            op = _computing(node_name(name), nodes)  # an output's Identity: what it forwards
+            inputs = _nearest_judged(op, nodes, judged)
+            found.update(op=op, op_type=nodes[op].op, tensor=name, max_abs_error=error,
+                         tolerance=tolerance,
+                         inputs_match=all(judged[i][0] <= judged[i][1] for i in inputs))
+            break
+        return found
+
+
+def message(divergence: dict | None) -> str | None:
+    """The failure message's clause naming the first divergent op, if one was found."""
+    if not divergence or not divergence.get("op"):
+        return None
+    inputs = "its inputs match" if divergence["inputs_match"] else \
+        "its inputs already differ"
+    return (f"first divergence: op '{divergence['op']}' ({divergence['op_type']}), max abs "
+            f"error {divergence['max_abs_error']:.2e} vs tolerance "
+            f"{divergence['tolerance']:.0e}; {inputs}")
+
+
+def traced(run_trace: Callable[[], dict[str, np.ndarray]], tracer: Tracer) -> dict:
+    """An artifact's divergence, or why it has none (an error is said, not raised)."""
+    try:
+        return tracer.divergence(run_trace())
+    except TraceUnavailable as exc:
+        return {"op": None, "error": str(exc)}
+    except Exception as exc:  # a runtime refusing a model with every tensor exposed
+        return {"op": None, "error": f"cannot trace: {str(exc).splitlines()[0][:300]}"}
+
+
+def _pair(reference: dict[str, np.ndarray], artifact: dict[str, np.ndarray],
+          order: dict[str, int]) -> dict[str, np.ndarray]:
+    """Reference tensor -> the artifact's value of it, laid out as the reference's. Names
+    match whole or as the reference's `/`-suffix (tfopt's ONNX drops the common scope);
+    a fused tensor `a;b;c` stands for the part latest in the original's order."""
+    by_suffix: dict[str, list[str]] = {}
+    for name in reference:
+        parts = name.split("/")
+        for i in range(len(parts)):
+            by_suffix.setdefault("/".join(parts[i:]), []).append(name)
+    pairs: dict[str, np.ndarray] = {}
+    for name, value in artifact.items():
+        value = np.asarray(value)
+        known = []
+        for part in name.split(";"):
+            candidates = [c for c in by_suffix.get(tensor_name(part), ())
+                          if _layouts(value, reference[c].shape)]
+            if len(candidates) == 1:
+                known.append(candidates[0])
+        if not known:
+            continue
+        target = max(known, key=lambda p: order.get(node_name(p), -1))
+        if target not in pairs:  # a shape that fits both layouts (24x24x24): the closer
+            pairs[target] = min(_layouts(value, reference[target].shape),
+                                key=lambda v: _max_abs(v, reference[target]))
+    return pairs
+
+
+def _layouts(value: np.ndarray, shape: tuple) -> list[np.ndarray]:
+    """value in the reference's layout: as it is, and channels-first moved last, those of
+    the reference's shape."""
+    found = [value] if value.shape == shape else []
+    if value.ndim >= 3:
+        moved = np.moveaxis(value, 1, -1)
+        if moved.shape == shape:
+            found.append(moved)
+    return found
+
+
+def _computing(op: str, nodes: dict) -> str:
+    """The op whose value an Identity chain forwards (the op itself otherwise)."""
+    while nodes[op].op in FORWARDING_OPS and nodes[op].input and \
+            node_name(nodes[op].input[0]) in nodes:
+        op = node_name(nodes[op].input[0])
+    return op
+
+
+def _nearest_judged(op: str, nodes: dict, judged: dict) -> list[str]:
+    """The judged tensors nearest above an op's data inputs (through unpaired nodes)."""
+    found, seen = [], set()
+    frontier = [r for r in nodes[op].input if not is_control(r)]
+    while frontier:
+        ref = tensor_name(frontier.pop())
+        if ref in seen:
+            continue
+        seen.add(ref)
+        if ref in judged:
+            found.append(ref)
+        elif node_name(ref) in nodes and len(seen) < 10_000:
+            frontier += [r for r in nodes[node_name(ref)].input if not is_control(r)]
+    return found
+
+
+def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
+    if a.shape != b.shape or not a.size:
+        return 0.0 if a.shape == b.shape else float("inf")
+    diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
+    same = (a == b) | (np.isnan(a) & np.isnan(b))
+    return float(np.max(np.where(same, 0.0, diff)))
