@@ -18,6 +18,7 @@ from tfopt import __version__, compat
 from tfopt.artifacts import build_and_check
 from tfopt.categories import CATEGORIES
 from tfopt.data import read_feeds
+from tfopt.divergence import Tracer
 from tfopt.errors import InputError, UsageError, first_line
 from tfopt.exporters import EXPORTERS, ExportOptions
 from tfopt.exporters import prepare as prepare_for
@@ -37,7 +38,6 @@ from tfopt.quantize import choose_precision
 from tfopt.report import WRITTEN, ArtifactReport, FreezeResult, GraphSummary
 from tfopt.resources import Stages
 from tfopt.security import io_ops, refuse_io_ops, security_report
-from tfopt.trace import Tracer
 from tfopt.verify import (
     BUDGETS,
     MANTISSA_BITS,

@@ -8,13 +8,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from tfopt.divergence import message, traced
 from tfopt.errors import ConversionError, first_line
 from tfopt.exporters import EXPORTERS, ExportOptions
 from tfopt.files import path_bytes, sidecar, tree_digest
 from tfopt.model import Model
 from tfopt.output import write_failure
 from tfopt.report import ArtifactReport
-from tfopt.trace import message, traced
 from tfopt.verify import Check, batch_size, feed_shapes, widened
 
 LARGE_ARTIFACT = 64 << 20  # bytes

@@ -80,7 +80,7 @@ class ArtifactReport:
     # the input shapes verified: the first feed's, and a second size of unknown dims
     # ({"verified": [{"image": [1, 32, 32, 3]}, {"image": [1, 29, 37, 3]}]}), and why not
     shapes: dict | None = None
-    # where it diverges from the original (trace.py): the first divergent op, or why none
+    # where it diverges from the original (divergence.py): the first divergent op, or why none
     divergence: dict | None = None
 
     def to_dict(self) -> dict:

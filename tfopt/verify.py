@@ -316,7 +316,7 @@ class Check:
     # a feed at a second size of the inputs' unknown dims, and the original's outputs on it
     reshaped: dict | None = None
     reshaped_expected: dict | None = None
-    tracer: Any = None  # trace.Tracer: the original's intermediate tensors, for divergence
+    tracer: Any = None  # divergence.Tracer: the original's intermediate tensors, for divergence
     trace_all: bool = False  # trace passing artifacts too (--trace)
 
     @property

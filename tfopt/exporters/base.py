@@ -80,7 +80,7 @@ class Exporter(Protocol):
     def runner(self, path: Path, model: Model) -> Callable[[dict], dict]: ...
 
     # every intermediate tensor on one feed (the artifact's input names), by the artifact's
-    # own tensor names; raises trace.TraceUnavailable where they cannot be read
+    # own tensor names; raises divergence.TraceUnavailable where they cannot be read
     def trace(self, path: Path, feed: dict, signature: str | None) -> dict: ...
 
     # side-effect ops (pb, SavedModel) are refused unless allowed

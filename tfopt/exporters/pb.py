@@ -90,7 +90,7 @@ def trace(path: Path, feed: dict, signature: str | None = None) -> dict:
     """Every float tensor of the GraphDef, by TF tensor name (any producer)."""
     import tensorflow as tf
 
-    from tfopt.trace import graph_tensors
+    from tfopt.divergence import graph_tensors
 
     graph_def = tf.compat.v1.GraphDef()
     graph_def.ParseFromString(path.read_bytes())

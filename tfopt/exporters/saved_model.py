@@ -97,7 +97,7 @@ def open_artifact(path: Path, signature: str, allow_io_ops: bool = False) -> Ope
 
 
 def trace(path: Path, feed: dict, signature: str | None = None) -> dict:
-    from tfopt.trace import TraceUnavailable
+    from tfopt.divergence import TraceUnavailable
 
     raise TraceUnavailable("a SavedModel's intermediate tensors live inside its functions, "
                            "which TF does not let a caller read; trace the .pb, which holds "

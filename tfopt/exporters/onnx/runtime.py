@@ -59,8 +59,8 @@ def trace(path: Path, feed: dict, signature: str | None = None) -> dict:
     """Every float node output, exposed as a graph output of a copy (any producer)."""
     import onnx
 
+    from tfopt.divergence import TraceUnavailable
     from tfopt.loaders.weights import PROTOBUF_LIMIT
-    from tfopt.trace import TraceUnavailable
 
     proto = onnx.load(str(path))
     if proto.ByteSize() > PROTOBUF_LIMIT:
