@@ -23,34 +23,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import zoo  # noqa: E402
 from bench import OPSET, STOCK_TFLITE, timed  # noqa: E402
 
 
 def _loop_decoder(path: Path):
-    import tensorflow as tf
-
-    class Decoder(tf.Module):
-        def __init__(self):
-            rng = np.random.default_rng(0)
-            self.embedding = tf.Variable(rng.standard_normal((20, 8)).astype(np.float32))
-            self.step = tf.Variable(rng.standard_normal((8, 8)).astype(np.float32) * 0.3)
-            self.vocab = tf.Variable(rng.standard_normal((8, 20)).astype(np.float32))
-
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.int32, name="start")])
-        def serve(self, start):
-            def body(i, token, state, tokens):
-                state = tf.tanh(tf.matmul(tf.gather(self.embedding, token) + state, self.step))
-                token = tf.argmax(tf.matmul(state, self.vocab), -1, output_type=tf.int32)
-                return i + 1, token, state, tokens.write(i, token)
-
-            tokens = tf.TensorArray(tf.int32, size=10, element_shape=[None])
-            state = tf.zeros([tf.shape(start)[0], 8])
-            _, _, _, tokens = tf.while_loop(lambda i, *_: i < 10, body,
-                                            [0, start, state, tokens])
-            return {"tokens": tf.transpose(tokens.stack())}
-
-    module = Decoder()
-    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    zoo.greedy_decoder(path)
     return {"start": np.array([1, 2, 3], np.int32)}, None
 
 
@@ -106,42 +84,17 @@ def _boxes(shape: tuple) -> np.ndarray:
 
 
 def _padded_nms(path: Path):
-    import tensorflow as tf
-
-    class Head(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([500, 4], tf.float32, name="boxes"),
-                                      tf.TensorSpec([500], tf.float32, name="scores")])
-        def serve(self, boxes, scores):
-            indices, count = tf.image.non_max_suppression_padded(
-                boxes, scores, max_output_size=50, iou_threshold=0.5, score_threshold=0.1,
-                pad_to_max_output_size=True)
-            return {"indices": indices, "count": count}
-
-    module = Head()
-    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    zoo.padded_nms_head(path, boxes=(500,), max_output=50)
     return {"boxes": _boxes((500, 4)), "scores": np.random.default_rng(1).uniform(
         0, 1, 500).astype(np.float32)}, None
 
 
-def _combined_nms(per_class: int):
+def _combined_nms(boxes_per_class: int):
     def build(path: Path):
-        import tensorflow as tf
-
-        class Head(tf.Module):
-            @tf.function(input_signature=[
-                tf.TensorSpec([1, 300, per_class, 4], tf.float32, name="boxes"),
-                tf.TensorSpec([1, 300, 8], tf.float32, name="scores")])
-            def serve(self, boxes, scores):
-                b, s, c, v = tf.image.combined_non_max_suppression(
-                    boxes, scores, max_output_size_per_class=20, max_total_size=50,
-                    iou_threshold=0.5, score_threshold=0.3)
-                return {"detection_boxes": b, "detection_scores": s,
-                        "detection_classes": c, "num_detections": v}
-
-        module = Head()
-        tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
-        return {"boxes": _boxes((1, 300, per_class, 4)), "scores": np.random.default_rng(1)
-                .uniform(0, 1, (1, 300, 8)).astype(np.float32)}, None
+        zoo.combined_nms_head(path, batch=1, count=300, boxes_per_class=boxes_per_class,
+                              classes=8, per_class=20, total=50)
+        return {"boxes": _boxes((1, 300, boxes_per_class, 4)), "scores": np.random
+                .default_rng(1).uniform(0, 1, (1, 300, 8)).astype(np.float32)}, None
     return build
 
 

@@ -75,3 +75,73 @@ def save_serving(model, path) -> None:
 
     quiet = {"verbose": False} if compat.keras_major() >= 3 else {}
     model.export(str(path), **quiet)
+
+
+def greedy_decoder(path: Path, steps: int = 10) -> Path:
+    """A tf.while_loop greedy decoder whose body reads weights (an embedding gathered and
+    matrices read inside the loop), as a tf.Module SavedModel; input `start` [None]."""
+    import tensorflow as tf
+
+    class Decoder(tf.Module):
+        def __init__(self):
+            rng = np.random.default_rng(0)
+            self.embedding = tf.Variable(rng.standard_normal((20, 8)).astype(np.float32))
+            self.step = tf.Variable(rng.standard_normal((8, 8)).astype(np.float32) * 0.3)
+            self.vocab = tf.Variable(rng.standard_normal((8, 20)).astype(np.float32))
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.int32, name="start")])
+        def serve(self, start):
+            def body(i, token, state, tokens):
+                state = tf.tanh(tf.matmul(tf.gather(self.embedding, token) + state, self.step))
+                token = tf.argmax(tf.matmul(state, self.vocab), -1, output_type=tf.int32)
+                return i + 1, token, state, tokens.write(i, token)
+
+            tokens = tf.TensorArray(tf.int32, size=steps, element_shape=[None])
+            state = tf.zeros([tf.shape(start)[0], 8])
+            _, _, _, tokens = tf.while_loop(lambda i, *_: i < steps, body,
+                                            [0, start, state, tokens])
+            return {"tokens": tf.transpose(tokens.stack())}
+
+    module = Decoder()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    return path
+
+
+def padded_nms_head(path: Path, boxes: tuple[int, ...] = (64,), max_output: int = 8) -> Path:
+    """tf.image.non_max_suppression_padded over boxes of shape boxes + (4,) (a leading batch
+    dim makes it the batched form), as a tf.Module SavedModel."""
+    import tensorflow as tf
+
+    class Head(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([*boxes, 4], tf.float32, name="boxes"),
+                                      tf.TensorSpec(list(boxes), tf.float32, name="scores")])
+        def serve(self, boxes, scores):
+            indices, count = tf.image.non_max_suppression_padded(
+                boxes, scores, max_output_size=max_output, iou_threshold=0.5,
+                score_threshold=0.1, pad_to_max_output_size=True)
+            return {"indices": indices, "count": count}
+
+    module = Head()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    return path
+
+
+def combined_nms_head(path: Path, batch: int, count: int, boxes_per_class: int, classes: int,
+                      per_class: int, total: int) -> Path:
+    """tf.image.combined_non_max_suppression, its outputs named like its inputs (`boxes`,
+    `scores`), as detection heads do; boxes [batch, count, boxes_per_class, 4]."""
+    import tensorflow as tf
+
+    class Head(tf.Module):
+        @tf.function(input_signature=[
+            tf.TensorSpec([batch, count, boxes_per_class, 4], tf.float32, name="boxes"),
+            tf.TensorSpec([batch, count, classes], tf.float32, name="scores")])
+        def serve(self, boxes, scores):
+            b, s, c, v = tf.image.combined_non_max_suppression(
+                boxes, scores, max_output_size_per_class=per_class, max_total_size=total,
+                iou_threshold=0.5, score_threshold=0.2, clip_boxes=True)
+            return {"boxes": b, "scores": s, "classes": c, "valid": v}
+
+    module = Head()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    return path

@@ -5,25 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import zoo
 
 
 @pytest.fixture(scope="module")
 def padded_head(tmp_path_factory):
-    import tensorflow as tf
-
-    class Head(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([64, 4], tf.float32, name="boxes"),
-                                      tf.TensorSpec([64], tf.float32, name="scores")])
-        def serve(self, boxes, scores):
-            indices, count = tf.image.non_max_suppression_padded(
-                boxes, scores, max_output_size=8, iou_threshold=0.5, score_threshold=0.1,
-                pad_to_max_output_size=True)
-            return {"indices": indices, "count": count}
-
-    module = Head()
-    path = tmp_path_factory.mktemp("detection") / "padded"
-    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
-    return path
+    return zoo.padded_nms_head(tmp_path_factory.mktemp("detection") / "padded")
 
 
 def test_padded_nms_keeps_its_fusion_marker(padded_head, tmp_path):
@@ -49,19 +36,9 @@ def test_combined_nms_becomes_tflite_builtins(tmp_path):
 
     import tfopt
 
-    class Head(tf.Module):  # outputs named like the inputs, as detection heads do
-        @tf.function(input_signature=[tf.TensorSpec([2, 50, 3, 4], tf.float32, name="boxes"),
-                                      tf.TensorSpec([2, 50, 3], tf.float32, name="scores")])
-        def serve(self, boxes, scores):
-            b, s, c, v = tf.image.combined_non_max_suppression(
-                boxes, scores, max_output_size_per_class=6, max_total_size=10,
-                iou_threshold=0.5, score_threshold=0.2, clip_boxes=True)
-            return {"boxes": b, "scores": s, "classes": c, "valid": v}
-
-    module = Head()
-    tf.saved_model.save(module, str(tmp_path / "combined"),
-                        signatures={"serving_default": module.serve})
-    result = tfopt.freeze(tmp_path / "combined", tmp_path / "out")
+    path = zoo.combined_nms_head(tmp_path / "combined", batch=2, count=50, boxes_per_class=3,
+                                 classes=3, per_class=6, total=10)
+    result = tfopt.freeze(path, tmp_path / "out")
     assert result.exit_code == 0, [(a.format, a.error) for a in result.artifacts]
     assert [o.name for o in result.outputs] == ["boxes_output", "classes", "scores_output",
                                                 "valid"]
@@ -84,29 +61,18 @@ def test_combined_nms_becomes_tflite_builtins(tmp_path):
     interpreter.invoke()
     got = {d["name"]: interpreter.get_tensor(d["index"])
            for d in interpreter.get_output_details()}
-    expected = module.serve(boxes=tf.constant(boxes), scores=tf.constant(scores))
+    serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+    expected = serve(boxes=tf.constant(boxes), scores=tf.constant(scores))
     (valid,) = [v for v in got.values() if v.dtype == np.int32]
     np.testing.assert_array_equal(valid, expected["valid"].numpy())
     assert valid.min() > 0
 
 
 def test_batched_padded_nms_is_inlined_for_onnx_and_says_why(tmp_path):
-    import tensorflow as tf
 
     import tfopt
 
-    class Head(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([2, 32, 4], tf.float32, name="boxes"),
-                                      tf.TensorSpec([2, 32], tf.float32, name="scores")])
-        def serve(self, boxes, scores):
-            indices, count = tf.image.non_max_suppression_padded(
-                boxes, scores, max_output_size=4, iou_threshold=0.5, score_threshold=0.1,
-                pad_to_max_output_size=True)
-            return {"indices": indices, "count": count}
-
-    module = Head()
-    tf.saved_model.save(module, str(tmp_path / "batched"),
-                        signatures={"serving_default": module.serve})
+    zoo.padded_nms_head(tmp_path / "batched", boxes=(2, 32), max_output=4)
     result = tfopt.freeze(tmp_path / "batched", tmp_path / "out", targets=["onnx", "pb"])
     assert result.exit_code == 0, [(a.format, a.error) for a in result.artifacts]
     reports = {(p.name, p.target): p for p in result.passes}

@@ -4,36 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import zoo
 
 
 @pytest.fixture(scope="module")
 def greedy_decoder(tmp_path_factory):
-    import tensorflow as tf
-
-    class Decoder(tf.Module):
-        def __init__(self):
-            rng = np.random.default_rng(0)
-            self.embedding = tf.Variable(rng.standard_normal((20, 8)).astype(np.float32))
-            self.step = tf.Variable(rng.standard_normal((8, 8)).astype(np.float32) * 0.3)
-            self.vocab = tf.Variable(rng.standard_normal((8, 20)).astype(np.float32))
-
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.int32, name="start")])
-        def serve(self, start):
-            def body(i, token, state, tokens):
-                state = tf.tanh(tf.matmul(tf.gather(self.embedding, token) + state, self.step))
-                token = tf.argmax(tf.matmul(state, self.vocab), -1, output_type=tf.int32)
-                return i + 1, token, state, tokens.write(i, token)
-
-            tokens = tf.TensorArray(tf.int32, size=10, element_shape=[None])
-            state = tf.zeros([tf.shape(start)[0], 8])
-            _, _, _, tokens = tf.while_loop(lambda i, *_: i < 10, body,
-                                            [0, start, state, tokens])
-            return {"tokens": tf.transpose(tokens.stack())}
-
-    module = Decoder()
-    path = tmp_path_factory.mktemp("loops") / "decoder"
-    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
-    return path
+    return zoo.greedy_decoder(tmp_path_factory.mktemp("loops") / "decoder")
 
 
 def test_a_decoder_reading_weights_in_its_loop_converts_exactly(greedy_decoder, tmp_path):
