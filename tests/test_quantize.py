@@ -51,6 +51,18 @@ def test_int8_keeps_accuracy_and_shrinks_the_model(digits_cnn, runs):
     assert pb.precision == "fp32" and "stays fp32" in pb.note
 
 
+def test_int8_artifacts_show_their_quantization_error_by_layer(runs):
+    int8 = runs["int8"]
+    for fmt in ("tflite", "onnx"):
+        worst = int8.artifact(fmt).divergence["worst"]
+        errors = [w["relative_error"] for w in worst]
+        assert len(worst) >= 3 and errors == sorted(errors, reverse=True), (fmt, worst)
+        assert 0 < errors[0] < 0.5 and all(w["op"] and w["cosine"] > 0.8 for w in worst), worst
+    assert runs["none"].artifact("tflite").divergence is None  # fp32, passing: not traced
+    page = (Path(int8.out_dir) / "report.html").read_text()
+    assert 'id="worst-tflite"' in page and 'id="worst-onnx"' in page
+
+
 def test_int8_tflite_is_integer_and_onnx_is_qdq(runs):
     import onnx
 

@@ -97,20 +97,24 @@ def build_and_check(fmt: str, model: Model, path: Path, options: ExportOptions,
     report.parity = check.verdict(actual, report.precision, batched, reshaped)
     if not report.parity.passed:
         report.status = "differs"
-    trace_if_asked(report, check, lambda: exporter.trace(path, check.feeds[0],
-                                                         model.signature))
+    trace_if_asked(report, check, lambda: {  # under the names the exporter shortened
+        exported.tensor_names.get(k, k): v for k, v in exporter.trace(
+            path, check.feeds[0], model.signature).items()})
     return report
 
 
 def trace_if_asked(report: ArtifactReport, check: Check,
                    run_trace: Callable[[], dict]) -> None:
-    """A failing artifact's first divergent op (any artifact's with --trace), in the report
-    and in the failure's reason."""
+    """A failing artifact's first divergent op (any artifact's with --trace, and every
+    quantized one's per-layer error), in the report and in the failure's reason."""
+    quantized = report.precision != "fp32"
     if check.tracer is None or report.parity is None or \
-            (report.parity.passed and not check.trace_all):
+            (report.parity.passed and not check.trace_all and not quantized):
         return
     start = time.perf_counter()
-    report.divergence = traced(run_trace, check.tracer)
+    budget = check.budgets.get(report.precision) if quantized else None
+    report.divergence = traced(run_trace, check.tracer,
+                               budget.min_cosine if budget is not None else None)
     report.divergence["seconds"] = round(time.perf_counter() - start, 2)
     clause = message(report.divergence)
     if clause and not report.parity.passed:

@@ -35,6 +35,7 @@ _NOT_TRACED = frozenset({"Const", "Placeholder", "PlaceholderWithDefault", "NoOp
                          "Merge", "Enter", "Exit", "NextIteration", "LoopCond", "RefSwitch",
                          "RefMerge", "RefEnter", "RefExit"})
 MAX_CHART = 400  # per-op points kept for the report's chart
+DQ_SUFFIX = "_DequantizeLinear_Output"
 # an intermediate diverges when its error passes this many times its tolerance: healthy
 # artifacts reach 1.2 (TFLite's Sigmoid approximation on EfficientNet), a changed weight
 # thousands; a failing artifact with none that far is judged at 1
@@ -80,14 +81,20 @@ class Tracer:
                            for name, value in self._reference.items() if name in moved}
         return self._reference, self._floor
 
-    def divergence(self, artifact: dict[str, np.ndarray]) -> dict:
-        """The report's `divergence` of one artifact, from its traced tensors."""
+    def divergence(self, artifact: dict[str, np.ndarray], min_cosine: float | None = None
+                   ) -> dict:
+        """The report's `divergence` of one artifact, from its traced tensors. min_cosine: a
+        quantized artifact's budget, which judges each tensor by its cosine similarity
+        (as its outputs are), and ranks its layers by quantization error (`worst`)."""
         reference, floor = self.reference()
         order = {n.name: i for i, n in enumerate(topological_order(self.model.graph_def))}
         pairs = _pair(reference, artifact, order)
         judged: dict[str, tuple[float, float]] = {}  # reference tensor -> (error, tolerance)
         for name, value in pairs.items():
             expected = reference[name]
+            if min_cosine is not None:  # judged as 1 - cosine against 1 - the budget's
+                judged[name] = (1.0 - _cosine(value, expected), 1.0 - min_cosine)
+                continue
             scale = float(np.max(np.abs(expected))) if expected.size else 0.0
             tolerance = max(SCALE_RTOL * scale, NOISE_FACTOR * floor.get(name, 0.0),
                             ABSOLUTE_FLOOR)
@@ -99,6 +106,8 @@ class Tracer:
                        "tolerance": None, "inputs_match": None, "compared": len(judged),
                        "paired": len(pairs), "traced": len(reference),
                        "chart": chart[:: max(1, len(chart) // MAX_CHART)][:MAX_CHART]}
+        if min_cosine is not None:
+            found["worst"] = _worst_layers(pairs, reference, nodes)
         ranked = sorted(judged.items(), key=lambda item: order[node_name(item[0])])
         factor = CLEAR_DIVERGENCE if any(e > CLEAR_DIVERGENCE * t for _, (e, t) in ranked) \
             else 1.0
@@ -107,8 +116,10 @@ class Tracer:
                 continue
             op = _computing(node_name(name), nodes)  # an output's Identity: what it forwards
             inputs = _nearest_judged(op, nodes, judged)
-            found.update(op=op, op_type=nodes[op].op, tensor=name, max_abs_error=error,
-                         tolerance=tolerance,
+            quantized = min_cosine is not None  # said as the tensor's error, not 1 - cosine
+            found.update(op=op, op_type=nodes[op].op, tensor=name,
+                         max_abs_error=_max_abs(pairs[name], reference[name]) if quantized
+                         else error, tolerance=None if quantized else tolerance,
                          inputs_match=all(judged[i][0] <= judged[i][1] for i in inputs))
             break
         return found
@@ -120,15 +131,17 @@ def message(divergence: dict | None) -> str | None:
         return None
     inputs = "its inputs match" if divergence["inputs_match"] else \
         "its inputs already differ"
+    tolerance = "" if divergence["tolerance"] is None else \
+        f" vs tolerance {divergence['tolerance']:.0e}"
     return (f"first divergence: op '{divergence['op']}' ({divergence['op_type']}), max abs "
-            f"error {divergence['max_abs_error']:.2e} vs tolerance "
-            f"{divergence['tolerance']:.0e}; {inputs}")
+            f"error {divergence['max_abs_error']:.2e}{tolerance}; {inputs}")
 
 
-def traced(run_trace: Callable[[], dict[str, np.ndarray]], tracer: Tracer) -> dict:
+def traced(run_trace: Callable[[], dict[str, np.ndarray]], tracer: Tracer,
+           min_cosine: float | None = None) -> dict:
     """An artifact's divergence, or why it has none (an error is said, not raised)."""
     try:
-        return tracer.divergence(run_trace())
+        return tracer.divergence(run_trace(), min_cosine)
     except TraceUnavailable as exc:
         return {"op": None, "error": str(exc)}
     except Exception as exc:  # a runtime refusing a model with every tensor exposed
@@ -146,7 +159,13 @@ def _pair(reference: dict[str, np.ndarray], artifact: dict[str, np.ndarray],
         for i in range(len(parts)):
             by_suffix.setdefault("/".join(parts[i:]), []).append(name)
     pairs: dict[str, np.ndarray] = {}
-    for name, value in artifact.items():
+    # onnxruntime's QDQ: X's value as its readers see it, quantized (a Relu it removed is the
+    # quantization's clip, so X itself is the value before it)
+    dequantized = {name.removesuffix(DQ_SUFFIX) for name in artifact if name.endswith(DQ_SUFFIX)}
+    for name, value in sorted(artifact.items(), key=lambda kv: not kv[0].endswith(DQ_SUFFIX)):
+        if name in dequantized:
+            continue
+        name = name.removesuffix(DQ_SUFFIX)
         value = np.asarray(value)
         known = []
         for part in name.split(";"):
@@ -196,6 +215,31 @@ def _nearest_judged(op: str, nodes: dict, judged: dict) -> list[str]:
         elif node_name(ref) in nodes and len(seen) < 10_000:
             frontier += [r for r in nodes[node_name(ref)].input if not is_control(r)]
     return found
+
+
+WORST = 10  # layers listed by quantization error
+
+
+def _worst_layers(pairs: dict, reference: dict, nodes: dict) -> list[dict]:
+    """The ops whose outputs a quantized artifact moves most: RMS error over the tensor's
+    RMS (the per-layer quantization error), with their cosine similarity."""
+    rows = []
+    for name, value in pairs.items():
+        expected = reference[name].astype(np.float64)
+        signal = float(np.sqrt(np.mean(expected ** 2))) if expected.size else 0.0
+        if signal <= ABSOLUTE_FLOOR:
+            continue
+        noise = float(np.sqrt(np.mean((value.astype(np.float64) - expected) ** 2)))
+        op = _computing(node_name(name), nodes)
+        rows.append({"op": op, "op_type": nodes[op].op, "relative_error": round(noise / signal, 6),
+                     "cosine": round(_cosine(value, reference[name]), 6)})
+    return sorted(rows, key=lambda r: -r["relative_error"])[:WORST]
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    x, y = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    norm = float(np.linalg.norm(x) * np.linalg.norm(y))
+    return float(x @ y / norm) if norm else (1.0 if not x.any() and not y.any() else 0.0)
 
 
 def _max_abs(a: np.ndarray, b: np.ndarray) -> float:

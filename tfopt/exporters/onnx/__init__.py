@@ -66,8 +66,16 @@ def export(model: Model, path: Path, options: ExportOptions) -> Exported:
             raise ConversionError(f"onnxruntime cannot quantize to {options.quantize}: "
                                   f"{first_line(exc)}") from exc
         proto = onnx.load(str(path))
+    for node in proto.graph.node:  # short_names loses the TF names the trace pairs by
+        node.doc_string = "\n".join(node.output)
     proto, named = run_rewrites(proto, QUANTIZED_FINISH if options.quantize in INTEGER
                                 else FINISH)
+    tensor_names: dict[str, str] = {}
+    for node in proto.graph.node:
+        tensor_names.update((new, old) for new, old in zip(node.output,
+                                                            node.doc_string.split("\n"))
+                            if new != old)
+        node.doc_string = ""
     save(proto, path, model.weights)
     if model.weights:  # the in-memory checks never saw the weights: check the files
         try:
@@ -78,4 +86,5 @@ def export(model: Model, path: Path, options: ExportOptions) -> Exported:
     kept = compute_precision(model.graph_def)  # bfloat16 was made float32 (bfloat16_in_fp32)
     note = f"keeps the original's {kept} compute (onnxruntime runs it)" \
         if kept != "float32" else None
-    return Exported(precision=precision, steps=steps + named, recurrent=recurrent, note=note)
+    return Exported(precision=precision, steps=steps + named, recurrent=recurrent, note=note,
+                    tensor_names=tensor_names)
