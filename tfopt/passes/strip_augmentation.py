@@ -59,28 +59,34 @@ class _Kinds:
 
 
 def _function_kinds(library) -> dict[str, _Kinds]:
+    """What each library function does, its callees included. Iterative: a hostile library
+    nests thousands deep, or calls itself."""
     functions = {f.signature.name: f for f in library.function}
+    calls = {name: [c for n in f.node_def for c in called_functions(n, functions)]
+             for name, f in functions.items()}
     kinds: dict[str, _Kinds] = {}
-
-    def visit(name: str, open_: set[str]) -> _Kinds:
-        if name in kinds:
-            return kinds[name]
-        found = _Kinds()
-        open_.add(name)
-        for node in functions[name].node_def:
-            own = _node_kinds(node)
-            found.draws |= own.draws
-            found.advances |= own.advances
-            for callee in called_functions(node, functions):
-                if callee not in open_:
-                    sub = visit(callee, open_)
-                    found.draws |= sub.draws
-                    found.advances |= sub.advances
-        kinds[name] = found
-        return found
-
-    for name in functions:
-        visit(name, set())
+    for root in functions:
+        stack, opened = [root], set()
+        while stack:
+            name = stack[-1]
+            if name in kinds:
+                stack.pop()
+                continue
+            if name not in opened:
+                opened.add(name)
+                stack.extend(c for c in calls[name] if c not in kinds and c not in opened)
+                continue
+            stack.pop()
+            found = _Kinds()
+            for node in functions[name].node_def:
+                own = _node_kinds(node)
+                found.draws |= own.draws
+                found.advances |= own.advances
+            for callee in calls[name]:
+                sub = kinds.get(callee, _Kinds())  # a callee still open: a cycle
+                found.draws |= sub.draws
+                found.advances |= sub.advances
+            kinds[name] = found
     return kinds
 
 
