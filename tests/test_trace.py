@@ -82,3 +82,32 @@ def test_a_clean_conversion_traces_to_no_divergence(source_and_changed, tmp_path
     assert "SavedModel's intermediate tensors" in by_format["saved_model"]["error"]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["artifacts"][0]["divergence"]["traced"] >= by_format["onnx"]["compared"]
+
+
+def test_another_tools_artifact_traces_clean_where_tfopt_folded(tmp_path):
+    """tf2onnx leaves a depthwise conv's batch norm unfolded, so its conv output matches
+    the original before tfopt's fold_scale_shift scaled it under the same name."""
+    import subprocess
+    import sys
+
+    import keras
+    from zoo import save_serving
+
+    import tfopt
+
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((24, 24, 3), name="image")
+    x = keras.layers.DepthwiseConv2D(3, use_bias=False, name="depthwise")(inputs)
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization(name="bn")(x))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(8, 3, name="conv2")(x))
+    model = keras.Model(inputs, keras.layers.Dense(4)(x))
+    randomize(model)
+    save_serving(model, tmp_path / "source")
+    subprocess.run([sys.executable, "-m", "tf2onnx.convert", "--saved-model",
+                    str(tmp_path / "source"), "--output", str(tmp_path / "peer.onnx"),
+                    "--opset", "17"], check=True, capture_output=True)
+    result = tfopt.compare(tmp_path / "source", [tmp_path / "peer.onnx"], tmp_path / "out",
+                           trace=True)
+    (artifact,) = result.artifacts
+    assert result.exit_code == 0 and artifact.divergence["op"] is None, artifact.divergence
+    assert artifact.divergence["compared"] >= 4

@@ -205,7 +205,8 @@ def prepare(src: Path, opts: FreezeOptions, stages: Stages, start: float) -> Pre
     elif opts.quantize != "none" and calibration_feeds is not None:
         feeds = calibration_feeds[:VERIFY_SAMPLES]
     mark = time.perf_counter()
-    with stages(f"{len(opts.passes)} passes"):
+    unoptimized = model  # what the trace also compares with (tfopt's passes rename nothing
+    with stages(f"{len(opts.passes)} passes"):  # but change what some names hold)
         model, reports = run_pipeline(model, opts.passes)
     timings["passes"] = round(time.perf_counter() - mark, 2)
     reports = loaded.passes + reports
@@ -233,7 +234,8 @@ def prepare(src: Path, opts: FreezeOptions, stages: Stages, start: float) -> Pre
                   top1_accuracy(expected, labels) if labels is not None else None,
                   _budgets(opts.max_drop, opts.min_cosine, opts.min_agreement), floor,
                   batched if batched_expected is not None else None, batched_expected,
-                  reshaped, reshaped_expected, Tracer(model, feeds[0], compute), opts.trace)
+                  reshaped, reshaped_expected,
+                  Tracer(model, feeds[0], compute, unoptimized), opts.trace)
     verification = _verification(drawn, floor, expected, opts, check.batch_size, compute)
     verification["shapes"] = [feed_shapes(feeds[0])] + (
         [feed_shapes(check.reshaped)] if check.reshaped is not None else [])
