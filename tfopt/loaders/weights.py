@@ -120,13 +120,13 @@ def freeze(fn: Any, large_bytes: int, rewrite: Rewrite | None = None
     unread = {h for h in variables if h not in present}
     variables = {h: v for h, v in variables.items() if h in present}
     readers = consumers(graph_def)
-    reads = {h: {r.op for r in forwarded_reads(readers, h, IDENTITY)[1]} for h in variables}
-    for handle, ops in reads.items():
-        if any(map(writes_variable, ops)):
-            writer = next(r for r in forwarded_reads(readers, handle, IDENTITY)[1]
-                          if writes_variable(r.op))
+    reader_nodes = {h: forwarded_reads(readers, h, IDENTITY)[1] for h in variables}
+    for handle, nodes in reader_nodes.items():
+        writer = next((r for r in nodes if writes_variable(r.op)), None)
+        if writer is not None:
             raise WrittenVariable(variables[handle].name.split(":")[0], writer.op, writer.name)
-    simple = {h: v for h, v in variables.items() if reads[h] <= SIMPLE_READS}
+    simple = {h: v for h, v in variables.items()
+              if {r.op for r in reader_nodes[h]} <= SIMPLE_READS}
     if len(simple) != len(variables):  # let TF fold the others, captured in control flow
         frozen, graph_def = _inlined(fn, set(simple) | unread, rewrite)
         readers = consumers(graph_def)
