@@ -43,6 +43,8 @@ COVERED = {
     "combined_nms": ["test_pass_logs.py::test_combined_nms_decomposes_what_it_can"],
     "combined_nms_per_class_boxes": [
         "test_pass_logs.py::test_combined_nms_decomposes_what_it_can"],
+    "nudge_fake_quant": ["test_pass_logs.py::test_fake_quant_passes_say_what_they_rewrote"],
+    "fake_quant_for_onnx": ["test_pass_logs.py::test_fake_quant_passes_say_what_they_rewrote"],
     "dynamic_tensor_lists": [
         "test_pass_logs.py::test_dynamic_tensor_lists_take_the_batch_from_the_input"],
 }
@@ -216,3 +218,30 @@ def test_combined_nms_decomposes_what_it_can():
     assert [n.op for n in out.node].count("NonMaxSuppressionV4") == 2
     _, log = run_pass("combined_nms_per_class_boxes", graph_def, inputs=inputs)
     assert not log.changes and any("share their boxes" in s["reason"] for s in log.skipped)
+
+
+def test_fake_quant_passes_say_what_they_rewrote():
+    quant = tf.quantization
+
+    def graph():
+        x = tf.compat.v1.placeholder(tf.float32, [2, 3], name="x")
+        low = tf.reduce_min(x, name="low")  # a computed range: neither pass can read it
+        a = quant.fake_quant_with_min_max_vars(x, low, tf.constant(1.0), name="computed")
+        b = quant.fake_quant_with_min_max_vars(a, tf.constant(-8.0), tf.constant(8.0),
+                                               narrow_range=True, name="narrow")
+        c = quant.fake_quant_with_min_max_vars_per_channel(
+            b, tf.constant([-1.0] * 3), tf.constant([1.0] * 3), name="per_channel")
+        w = quant.fake_quant_with_min_max_vars(tf.constant(np.eye(3, dtype=np.float32)),
+                                               tf.constant(-1.0), tf.constant(1.0),
+                                               narrow_range=True, name="weights")
+        tf.identity(tf.matmul(c, w), name="y")
+
+    nudged, log = run_pass("nudge_fake_quant", build(graph))
+    # narrow [-8, 8] and [-1, 1] put zero on the grid already; full-range [-1, 1] does not
+    assert {c["node"] for c in log.changes} == {"per_channel"}
+    assert [s["node"] for s in log.skipped] == ["computed"]
+    _, log = run_pass("fake_quant_for_onnx", nudged)
+    actions = {c["node"]: c["action"] for c in log.changes}
+    assert actions == {"narrow": "widened", "weights": "rewritten"}, log.changes
+    reasons = {s["node"]: s["reason"] for s in log.skipped}
+    assert "computed" in reasons["computed"] and "per-tensor" in reasons["per_channel"]

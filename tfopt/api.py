@@ -22,13 +22,20 @@ from tfopt.divergence import Tracer
 from tfopt.errors import InputError, UsageError, first_line
 from tfopt.exporters import EXPORTERS, ExportOptions
 from tfopt.exporters import prepare as prepare_for
-from tfopt.graph import compute_precision, constant_bytes, non_finite_constants, op_histogram
+from tfopt.graph import (
+    compute_precision,
+    constant_bytes,
+    fake_quant_nodes,
+    fake_quant_steps,
+    non_finite_constants,
+    op_histogram,
+)
 from tfopt.inputs import draw, input_domains
 from tfopt.limits import run_bounded
 from tfopt.loaders import Loaded, check_exists, detect_format, load
 from tfopt.loaders.base import check_graph_size
 from tfopt.model import SECOND_SIZES, Model
-from tfopt.options import TARGETS, FreezeOptions
+from tfopt.options import TARGETS, FreezeOptions, calibration_needed
 from tfopt.output import check_output, make_staging, publish, writes_to
 from tfopt.pages import write_report
 from tfopt.pairing import artifact_format, check_artifact
@@ -191,6 +198,9 @@ def prepare(src: Path, opts: FreezeOptions, stages: Stages, start: float) -> Pre
     found = io_ops(loaded.model.graph_def, src if src.is_dir() else None)
     refuse_io_ops(found, opts.allow_io_ops)  # before anything runs the model
     model = _fix_input_shapes(loaded.model, dict(opts.input_shapes))
+    fake_quants = len(fake_quant_nodes(model.graph_def))
+    if opts.quantize == "int8" and opts.calibration is None and not fake_quants:
+        raise UsageError(calibration_needed(opts.quantize))
     calibration_feeds = None if opts.calibration is None else read_feeds(
         opts.calibration, model.inputs, "--calibration", mean=opts.mean, scale=opts.scale)[0]
     labels, feeds = None, None
@@ -235,11 +245,17 @@ def prepare(src: Path, opts: FreezeOptions, stages: Stages, start: float) -> Pre
                   _budgets(opts.max_drop, opts.min_cosine, opts.min_agreement), floor,
                   batched if batched_expected is not None else None, batched_expected,
                   reshaped, reshaped_expected,
-                  Tracer(model, feeds[0], compute, unoptimized), opts.trace)
+                  Tracer(model, feeds[0], compute, unoptimized), opts.trace,
+                  fake_quant_steps(model.graph_def, [o.name for o in model.outputs]))
     verification = _verification(drawn, floor, expected, opts, check.batch_size, compute)
     verification["shapes"] = [feed_shapes(feeds[0])] + (
         [feed_shapes(check.reshaped)] if check.reshaped is not None else [])
     verification["notes"] += passed_over
+    if fake_quants:
+        verification["notes"].append(
+            f"the model is quantization-aware ({fake_quants} fake-quant ops): an output on "
+            "a fake-quant grid may differ by one step of it, and --quantize int8 takes the "
+            "model's own ranges (calibration data, if given, only for ops it left float)")
     removed = Counter(dict.fromkeys(CATEGORIES, 0))
     removed.update(loaded.removed)
     for report in reports[len(loaded.passes):]:  # the loader counted its own passes

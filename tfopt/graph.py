@@ -8,6 +8,8 @@ import functools
 from collections import Counter, defaultdict
 from collections.abc import Callable, Container, Iterable
 
+import numpy as np
+
 
 def node_name(ref: str) -> str:
     """'^a' -> 'a', 'a:1' -> 'a', 'a' -> 'a'."""
@@ -120,6 +122,48 @@ def compute_precision(graph_def) -> str:
             found.add(node.attr["T"].type)
     return "float16" if DT_HALF in found else "bfloat16" if DT_BFLOAT16 in found else \
         "float32"
+# quantization-aware training's ops: the ranges they hold quantize the model without
+# calibration, and the rounding they do is the original's resolution
+FAKE_QUANT_OPS = frozenset({"FakeQuantWithMinMaxVars", "FakeQuantWithMinMaxVarsPerChannel",
+                            "FakeQuantWithMinMaxArgs"})
+# ops whose output holds values of their input: a fake-quant grid survives them
+GRID_KEEPING_OPS = FORWARDING_OPS | {"Reshape", "Squeeze", "ExpandDims", "Transpose", "MaxPool",
+                                     "ConcatV2", "Pack", "StridedSlice", "Slice", "GatherV2"}
+
+
+def fake_quant_nodes(graph_def) -> list:
+    return [n for n in graph_def.node if n.op in FAKE_QUANT_OPS]
+
+
+def fake_quant_steps(graph_def, outputs: Iterable[str]) -> dict[str, float]:
+    """For each output whose values lie on a fake quant's grid (through ops that only move
+    values), that grid's step (the largest over channels): the original's resolution."""
+    nodes = {n.name: n for n in graph_def.node}
+    steps = {}
+    for output in outputs:
+        node = nodes.get(output)
+        while node is not None and node.op in GRID_KEEPING_OPS and node.input:
+            node = nodes.get(node_name(node.input[0]))
+        if node is None or node.op not in FAKE_QUANT_OPS:
+            continue
+        step = _grid_step(node, nodes)
+        if step:
+            steps[output] = step
+    return steps
+
+
+def _grid_step(node, nodes: dict) -> float | None:
+    levels = 2 ** (node.attr["num_bits"].i or 8) - 1 - int(node.attr["narrow_range"].b)
+    if node.op == "FakeQuantWithMinMaxArgs":
+        low, high = node.attr["min"].f, node.attr["max"].f
+    else:
+        ends = [nodes.get(node_name(ref)) for ref in node.input[1:3]]
+        if any(e is None or e.op != "Const" for e in ends):
+            return None
+        low, high = (const_value(e) for e in ends)
+    return float(np.max(np.asarray(high, np.float64) - np.asarray(low, np.float64))) / levels
+
+
 # a v1 while loop's back edge: its output feeds a Merge earlier in the loop
 BACK_EDGE_OPS = frozenset({"NextIteration", "RefNextIteration"})
 NORM_OPS = frozenset({"FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3"})

@@ -97,6 +97,12 @@ def _opt(default: Any, flag: Flag) -> Any:
     return field(default=default, metadata={"cli": flag})
 
 
+def calibration_needed(mode: str) -> str:
+    return (f"--quantize {mode} needs calibration data: pass --calibration "
+            "train_sample.npz (keys: input names), a directory of .npy files or images, or "
+            "module:function; --calibration random only to try it out")
+
+
 @dataclass(frozen=True)
 class FreezeOptions:
     """Everything that shapes one conversion; see the README's Usage for each."""
@@ -220,11 +226,9 @@ class FreezeOptions:
         if self.quantize not in QUANTIZE_CHOICES:
             raise UsageError(f"unknown --quantize '{self.quantize}'; choose from "
                              f"{', '.join(QUANTIZE_CHOICES)}")
-        if self.quantize in CALIBRATED and self.calibration is None:
-            raise UsageError(f"--quantize {self.quantize} needs calibration data: pass "
-                             "--calibration train_sample.npz (keys: input names), a directory "
-                             "of .npy files or images, or module:function; --calibration "
-                             "random only to try it out")
+        # int8 is checked once the model is read: a quantization-aware one needs no data
+        if self.quantize in CALIBRATED and self.quantize != "int8" and self.calibration is None:
+            raise UsageError(calibration_needed(self.quantize))
         if self.objective not in OBJECTIVES:
             raise UsageError(f"unknown --objective '{self.objective}'; choose size or latency")
         unknown = [p for p in self.passes if p not in REGISTRY]

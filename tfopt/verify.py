@@ -127,13 +127,15 @@ def quality(expected: list[dict], actual: list[dict]) -> dict[str, dict]:
 def compare(expected: list[dict], actual: list[dict], atol: float | None = None,
             rtol: float | None = None, budget: Budget | None = None,
             labels: np.ndarray | None = None, reference_accuracy: float | None = None,
-            noise: dict[str, float] | None = None) -> Parity:
+            noise: dict[str, float] | None = None, steps: dict[str, float] | None = None
+            ) -> Parity:
     """Per-output errors over all samples, the worst of them, and the verdict.
 
     fp32 (no budget) is judged by the scale-aware rule unless atol or rtol is given: an
     output passes when its max abs error is within SCALE_RTOL of its largest magnitude (or
-    NOISE_FACTOR x the original's own noise floor, if larger) and its cosine similarity is
-    at least MIN_COSINE. With atol/rtol every element must be within atol + rtol*|expected|.
+    NOISE_FACTOR x the original's own noise floor, or one step of the fake-quant grid it
+    ends on, if larger) and its cosine similarity is at least MIN_COSINE. With atol/rtol
+    every element must be within atol + rtol*|expected|.
     A quantized artifact (budget) passes when cosine, top-1 agreement and accuracy drop are
     within the budget.
     """
@@ -177,7 +179,7 @@ def compare(expected: list[dict], actual: list[dict], atol: float | None = None,
     if budget is not None:
         reasons += _budget_reasons(parity, budget, reference_accuracy, bool(values))
     elif rule == "scale":
-        reasons += _scale_reasons(outputs, noise or {})
+        reasons += _scale_reasons(outputs, noise or {}, steps or {})
     else:
         reasons += [f"output '{name}': max abs error {o['max_abs_err']:.2e} exceeds --atol "
                     f"{atol:g} + --rtol {rtol:g} x |expected| at some element; change "
@@ -188,8 +190,11 @@ def compare(expected: list[dict], actual: list[dict], atol: float | None = None,
     return parity
 
 
-def _scale_reasons(outputs: dict[str, dict], noise: dict[str, float]) -> list[str]:
-    """Judge each output against its own scale and the original's noise floor."""
+def _scale_reasons(outputs: dict[str, dict], noise: dict[str, float],
+                   steps: dict[str, float]) -> list[str]:
+    """Judge each output against its own scale and the original's noise floor. An output on a
+    fake-quant grid may land one step over: a rounding there turns any difference in the
+    float arithmetic before it (another summation order) into a whole step."""
     reasons = []
     for name, out in outputs.items():
         if "reason" in out:
@@ -200,13 +205,17 @@ def _scale_reasons(outputs: dict[str, dict], noise: dict[str, float]) -> list[st
                 reasons.append(f"output '{name}': values differ from the original's "
                                f"(max abs error {out['max_abs_err']:.3g}); they must be equal")
             continue
-        floor = noise.get(name, 0.0)
-        tolerance = max(SCALE_RTOL * out["scale"], NOISE_FACTOR * floor, ABSOLUTE_FLOOR)
+        floor, step = noise.get(name, 0.0), steps.get(name, 0.0)
+        tolerance = max(SCALE_RTOL * out["scale"], NOISE_FACTOR * floor, step, ABSOLUTE_FLOOR)
         out.update(tolerance=tolerance, noise_floor=floor)
+        if step:
+            out["grid_step"] = step
         reason = None
-        noisy = NOISE_FACTOR * floor >= SCALE_RTOL * out["scale"]  # the original's own noise
+        # the original's own noise, or its own resolution
+        noisy = max(NOISE_FACTOR * floor, step) >= SCALE_RTOL * out["scale"]
         if out["max_abs_err"] > tolerance:
-            basis = f"{NOISE_FACTOR} x the original's noise floor {floor:.2e}" if noisy else \
+            basis = "one step of the fake-quant grid it ends on" if step == tolerance else \
+                f"{NOISE_FACTOR} x the original's noise floor {floor:.2e}" if noisy else \
                 f"{SCALE_RTOL:g} x the output's scale {out['scale']:.3g}"
             reason = (f"max abs error {out['max_abs_err']:.2e} is above the tolerance "
                       f"{tolerance:.2e} ({basis})")
@@ -318,6 +327,7 @@ class Check:
     reshaped_expected: dict | None = None
     tracer: Any = None  # divergence.Tracer: the original's intermediate tensors, for divergence
     trace_all: bool = False  # trace passing artifacts too (--trace)
+    steps: dict[str, float] = field(default_factory=dict)  # outputs on a fake-quant grid
 
     @property
     def batch_size(self) -> int | None:
@@ -332,6 +342,6 @@ class Check:
         if reshaped_actual is not None and self.reshaped_expected is not None:
             expected, actual = expected + [self.reshaped_expected], actual + [reshaped_actual]
         parity = compare(expected, actual, self.atol, self.rtol, budget, self.labels,
-                         self.reference_accuracy, self.noise)
+                         self.reference_accuracy, self.noise, self.steps)
         parity.samples = len(self.expected)
         return parity

@@ -57,7 +57,8 @@ def _shape_limit(model: Model) -> str:
 
 
 MODES = frozenset(QUANTIZE_MODES)
-PREPARE = ("dynamic_tensor_lists", "compute_in_fp32", "unmark_fused_calls", "combined_nms")
+PREPARE = ("nudge_fake_quant", "dynamic_tensor_lists", "compute_in_fp32", "unmark_fused_calls",
+           "combined_nms")
 
 
 RECURRENT = {
@@ -94,15 +95,17 @@ def _quantization(converter, options: ExportOptions) -> None:
         return
     if options.quantize == "dynamic":
         return
-    feeds = options.calibration or []
+    if options.int8_io and options.quantize == "int8":
+        converter.inference_input_type = converter.inference_output_type = tf.int8
+    if options.calibration is None:  # quantization-aware: the model's fake-quant ranges,
+        return  # and the ops it left float stay float
+    feeds = options.calibration
     converter.representative_dataset = lambda: (dict(feed) for feed in feeds)
     if options.quantize == "int16x8":
         converter.target_spec.supported_ops = [
             tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
     elif not options.float_layers:  # float layers need float builtins next to int8 ones
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    if options.int8_io and options.quantize == "int8":
-        converter.inference_input_type = converter.inference_output_type = tf.int8
 
 
 def float_layer_model(saved_model_dir: str, signature: str, options: ExportOptions) -> bytes:

@@ -25,8 +25,8 @@ FORMAT = "onnx"
 FILENAME = "model.onnx"
 MODES = frozenset(QUANTIZE_MODES)
 # TF passes that make the frozen graph convertible; TF's CPU kernels may no longer run it
-PREPARE = ("fused_nms_to_op", "combined_nms_per_class_boxes", "inline_xla_calls", "erfc_to_erf",
-           "bfloat16_in_fp32")
+PREPARE = ("nudge_fake_quant", "fake_quant_for_onnx", "fused_nms_to_op",
+           "combined_nms_per_class_boxes", "inline_xla_calls", "erfc_to_erf", "bfloat16_in_fp32")
 
 INTEGER = ("dynamic", "int8", "int16x8")  # modes whose names outweigh their weights
 RECURRENT = {"LSTM": "native ONNX LSTM (tf2onnx's LSTM rewriter)",

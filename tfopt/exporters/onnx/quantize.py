@@ -16,6 +16,8 @@ from tfopt.exporters.onnx.runtime import session
 from tfopt.logs import native_stderr_silenced
 
 FP16_MAX = 65504.0
+# the ops whose int8 form saves the work (the rest only move values between them)
+WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
 
 
 @contextlib.contextmanager
@@ -117,6 +119,8 @@ def _static(proto: Any, path: Path, options: ExportOptions) -> list[dict]:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     sixteen = options.quantize == "int16x8"
+    if not sixteen and any(n.op_type == "DequantizeLinear" for n in proto.graph.node):
+        return _fake_quantized(proto, path, options)
     with tempfile.TemporaryDirectory(prefix="tfopt-onnxq-") as work:
         prepared = Path(work) / "prepared.onnx"
         onnx.save(proto, str(Path(work) / "float.onnx"))
@@ -132,6 +136,34 @@ def _static(proto: Any, path: Path, options: ExportOptions) -> list[dict]:
                 weight_type=QuantType.QInt8, nodes_to_exclude=excluded or None,
                 extra_options={"UseQDQContribOps": sixteen})
     return []
+
+
+def _fake_quantized(proto: Any, path: Path, options: ExportOptions) -> list[dict]:
+    """A quantization-aware model's int8: its fake quants are QDQ pairs already (weights
+    stored as int8, quantized_weights), which onnxruntime runs as int8 ops; calibration data,
+    if given, quantizes the ops they leave float, and nothing else."""
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    produced = {o: n.op_type for n in proto.graph.node for o in n.output}
+    left_float = [n.name for n in proto.graph.node if n.op_type in WEIGHTED_OPS and n.name
+                  and not any(produced.get(i) == "DequantizeLinear" for i in n.input)]
+    left_float = [n for n in left_float if n not in float_nodes(proto, options.float_layers)]
+    step = {"step": "fake quants", "quantized_by_model": sum(
+        n.op_type == "QuantizeLinear" for n in proto.graph.node), "left_float": len(left_float)}
+    if not left_float or options.calibration is None:
+        onnx.save(proto, str(path))
+        return [step]
+    with tempfile.TemporaryDirectory(prefix="tfopt-onnxq-") as work:
+        onnx.save(proto, str(Path(work) / "fake_quantized.onnx"))
+        with native_stderr_silenced():
+            quantize_static(
+                str(Path(work) / "fake_quantized.onnx"), str(path),
+                _Reader(options.calibration), quant_format=QuantFormat.QDQ, per_channel=True,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                nodes_to_quantize=left_float)
+    step["calibrated"] = len(left_float)
+    return [step]
 
 
 # each writes the quantized model to path and returns the rewrite steps it ran

@@ -8,6 +8,7 @@ from tfopt.exporters.onnx.rewrites import (  # noqa: F401  (each registers its r
     gru,
     hard_activations,
     maintained,
+    quantized_weights,
     short_names,
     zero_initial_states,
 )
@@ -22,7 +23,7 @@ from tfopt.exporters.onnx.rewrites.registry import (
 # every Pad into its Conv (107->103, 126->125, 297->293), onnxslim misses ResNet50's but
 # folds EfficientNet's squeeze-excite Reshapes (297->275); in this order both gains add up
 POST_OPTIMIZE = ("gru", "zero_initial_states", "onnxoptimizer", "onnxslim", "gemm",
-                 "hard_activations")
+                 "hard_activations", "quantized_weights")
 # after quantization too: short names, then the same bytes on every run
 FINISH = ("compact_names", "canonical_names")
 QUANTIZED_FINISH = ("canonical_names", "short_names")  # names cost more than int8 weights

@@ -1,0 +1,187 @@
+"""Quantization-aware-trained models (FakeQuant ops): the fp32 targets keep TF's rounding and
+clamping, and int8 takes the model's own ranges without calibration data."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tfopt.graph import fake_quant_steps
+from tfopt.passes import PassContext, PassLog
+from tfopt.passes.nudge_fake_quant import nudge_fake_quant
+from tfopt.verify import compare
+
+
+def _qat_cnn(path, left_float: bool = False):
+    """A CNN as tfmot lays it out: per-channel narrow-range weights, per-tensor activations;
+    symmetric ranges whose zero point falls on a half (TF nudges them), an Args fake quant,
+    a narrow-range activation; with left_float, a dense head no fake quant covers."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    k1 = rng.normal(0, .3, (3, 3, 1, 8)).astype("float32")
+    k2 = rng.normal(0, .05, (8 * 14 * 14, 16)).astype("float32")
+    k3 = rng.normal(0, .3, (16, 10)).astype("float32")
+    reach1 = np.abs(k1).max((0, 1, 2))
+    module = tf.Module()
+    module.k1, module.k2, module.k3 = (tf.Variable(k) for k in (k1, k2, k3))
+    module.ranges = tf.Variable([-3.0, 3.0, 4.0, -8.0, 8.0])
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32, name="image")])
+    def serve(x):
+        quant = tf.quantization
+        r = module.ranges
+        x = quant.fake_quant_with_min_max_vars(x, r[0], r[1])
+        kernel = quant.fake_quant_with_min_max_vars_per_channel(module.k1, -reach1, reach1,
+                                                                narrow_range=True)
+        y = quant.fake_quant_with_min_max_args(tf.nn.relu(tf.nn.conv2d(x, kernel, 1, "SAME")),
+                                               0.0, 4.0)
+        y = tf.reshape(tf.nn.max_pool2d(y, 2, 2, "VALID"), [-1, 8 * 14 * 14])
+        reach2 = float(np.abs(k2).max())
+        dense = tf.matmul(y, quant.fake_quant_with_min_max_vars(module.k2, -reach2, reach2,
+                                                                narrow_range=True))
+        y = quant.fake_quant_with_min_max_vars(dense, r[3], r[4], narrow_range=True)
+        if left_float:
+            y = tf.matmul(tf.nn.relu(y), module.k3)
+        return {"logits": y}
+
+    tf.saved_model.save(module, str(path), signatures=serve.get_concrete_function())
+    return path
+
+
+@pytest.fixture(scope="module")
+def qat_cnn(tmp_path_factory):
+    return _qat_cnn(tmp_path_factory.mktemp("qat") / "cnn")
+
+
+def test_fp32_targets_keep_the_fake_quant_rounding(qat_cnn, tmp_path):
+    import onnx
+
+    import tfopt
+
+    result = tfopt.freeze(qat_cnn, tmp_path / "out")
+    assert result.exit_code == 0, [a.parity.reason or a.error for a in result.artifacts]
+    for artifact in result.artifacts:
+        assert artifact.parity.passed and artifact.parity.max_abs_err <= 0.063, artifact.format
+    assert any("quantization-aware (5 fake-quant ops)" in n for n in
+               result.verification["notes"])
+    proto = onnx.load(str(tmp_path / "out" / "model.onnx"))
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("QuantizeLinear") == 3 and ops.count("DequantizeLinear") == 5, ops
+    weights = [i for i in proto.graph.initializer  # not the zero points: the kernels
+               if i.data_type == onnx.TensorProto.INT8 and np.prod(i.dims) >= 72]
+    assert len(weights) == 2, "fake-quantized weights are stored as int8"
+    tflite = result.artifact("tflite").ops
+    assert tflite.get("QUANTIZE", 0) >= 3, tflite
+
+
+def test_int8_takes_the_models_own_ranges_without_calibration(qat_cnn, tmp_path):
+    import tfopt
+
+    fp32 = tfopt.freeze(qat_cnn, tmp_path / "fp32", targets=["tflite", "onnx"])
+    result = tfopt.freeze(qat_cnn, tmp_path / "int8", targets=["tflite", "onnx"],
+                          quantize="int8")
+    assert result.exit_code == 0, [a.parity.reason or a.error for a in result.artifacts]
+    for fmt in ("tflite", "onnx"):
+        artifact = result.artifact(fmt)
+        assert artifact.precision == "int8" and artifact.parity.passed, fmt
+        assert artifact.parity.cosine > 0.999, (fmt, artifact.parity.cosine)
+    assert result.artifact("tflite").bytes < 0.35 * fp32.artifact("tflite").bytes
+    assert result.artifact("tflite").ops.get("CONV_2D") == 1
+    onnx_steps = {s.get("step"): s for s in result.artifact("onnx").steps}
+    assert onnx_steps["fake quants"]["left_float"] == 0
+
+
+def test_calibration_only_quantizes_what_the_model_left_float(tmp_path):
+    import onnx
+
+    import tfopt
+
+    source = _qat_cnn(tmp_path / "cnn", left_float=True)
+    result = tfopt.freeze(source, tmp_path / "int8", targets=["onnx"], quantize="int8",
+                          calibration="random")
+    artifact = result.artifact("onnx")
+    assert result.exit_code == 0 and artifact.parity.passed, artifact.parity.reason
+    step = next(s for s in artifact.steps if s.get("step") == "fake quants")
+    assert step["left_float"] == step["calibrated"] == 1
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "int8" / "model.onnx")).graph.node]
+    assert ops.count("QuantizeLinear") > 3, "the float head got its own QDQ pairs"
+
+
+def test_int8_without_calibration_still_refuses_a_float_model(tmp_path):
+    import tensorflow as tf
+
+    from tfopt.commands import main
+    from tfopt.errors import UsageError
+
+    module = tf.Module()
+    module.w = tf.Variable(np.ones((4, 2), np.float32))
+    serve = tf.function(lambda x: {"y": tf.matmul(x, module.w)},
+                        input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+    tf.saved_model.save(module, str(tmp_path / "plain"), signatures=serve.get_concrete_function())
+    with pytest.raises(UsageError, match="needs calibration data"):
+        import tfopt
+        tfopt.freeze(tmp_path / "plain", tmp_path / "out", quantize="int8")
+    assert main([str(tmp_path / "plain"), "-o", str(tmp_path / "cli"), "--quantize",
+                 "int8"]) == 2
+
+
+@pytest.mark.parametrize("op,low,high,narrow", [
+    ("FakeQuantWithMinMaxVars", -8.0, 8.0, False),  # zero point 127.5
+    ("FakeQuantWithMinMaxVars", -0.3, 5.1, True),
+    ("FakeQuantWithMinMaxArgs", -3.0, 3.0, False),
+    ("FakeQuantWithMinMaxVarsPerChannel", [-1.0, -0.5, 0.2], [1.0, 2.5, 3.0], False),
+])
+def test_nudged_ranges_compute_what_tf_computes(op, low, high, narrow):
+    import tensorflow as tf
+
+    quant = tf.quantization
+    channels = np.size(low)
+    values = np.random.default_rng(1).normal(0, 4, (4096, channels)).astype("float32")
+    values[:4] = [[-1e9] * channels, [1e9] * channels, [0.0] * channels, [-8.0] * channels]
+
+    def graph(low, high):
+        g = tf.Graph()
+        with g.as_default():
+            x = tf.compat.v1.placeholder(tf.float32, [None, channels], name="x")
+            if op == "FakeQuantWithMinMaxArgs":
+                quant.fake_quant_with_min_max_args(x, low, high, narrow_range=narrow, name="fq")
+            elif op == "FakeQuantWithMinMaxVars":
+                quant.fake_quant_with_min_max_vars(x, tf.constant(low), tf.constant(high),
+                                                   narrow_range=narrow, name="fq")
+            else:
+                quant.fake_quant_with_min_max_vars_per_channel(
+                    x, tf.constant(low), tf.constant(high), narrow_range=narrow, name="fq")
+        return g.as_graph_def()
+
+    def run(graph_def):
+        g = tf.Graph()
+        with g.as_default():
+            tf.import_graph_def(graph_def, name="")
+        with tf.compat.v1.Session(graph=g) as session:
+            return session.run("fq:0", {"x:0": values})
+
+    original = graph(low, high)
+    log = PassLog()
+    nudged = nudge_fake_quant(original, PassContext(("x",), ("fq",)), log)
+    np.testing.assert_array_equal(run(nudged), run(original))
+    if op != "FakeQuantWithMinMaxVarsPerChannel" and not narrow:
+        assert [c["action"] for c in log.changes] == ["nudged"]
+        step = (high - low) / 255
+        zero_point = -log.changes[0]["nudged_min"] / step
+        assert abs(zero_point - round(zero_point)) < 1e-3, log.changes
+
+
+def test_an_output_on_a_fake_quant_grid_may_move_one_step(qat_cnn):
+    from tfopt.loaders import load
+    from tfopt.loaders.base import LoadOptions
+    from tfopt.passes import DEFAULT_PIPELINE, run_pipeline
+
+    model, _ = run_pipeline(load(qat_cnn, LoadOptions()).model, DEFAULT_PIPELINE)
+    steps = fake_quant_steps(model.graph_def, ["logits"])
+    assert steps == pytest.approx({"logits": 16 / 254}, rel=1e-4)
+    expected = [{"logits": np.linspace(-8, 8, 40, dtype=np.float32).reshape(4, 10)}]
+    moved = [{"logits": expected[0]["logits"] + np.eye(4, 10, dtype=np.float32) * steps["logits"]}]
+    assert compare(expected, moved, steps=steps).passed
+    assert not compare(expected, moved).passed
+    twice = [{"logits": expected[0]["logits"] + np.eye(4, 10, dtype=np.float32) * 0.13}]
+    assert "one step of the fake-quant grid" in compare(expected, twice, steps=steps).reason
