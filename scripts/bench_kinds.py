@@ -1,5 +1,5 @@
-"""The model kinds of issue #22, side by side: tfopt (default flags, every target) against
-tf2onnx and the stock TFLite converter on the same SavedModels.
+"""The model kinds of issues #22 and #21 (fake quants), side by side: tfopt (default flags,
+every target) against tf2onnx and the stock TFLite converter on the same SavedModels.
 
     python scripts/bench_kinds.py [--kinds augmentation,padded_nms] [--out kinds.json]
 
@@ -113,11 +113,17 @@ def _causal_decoder(path: Path):
         None
 
 
+def _fake_quant(path: Path):
+    zoo.fake_quant_cnn(path)
+    return {"image": np.random.default_rng(0).standard_normal((1, 28, 28, 1))
+            .astype(np.float32)}, None
+
+
 KINDS = {"while_loop_decoder": _loop_decoder, "augmentation": _augmentation,
          "mixed_float16_cnn": _mixed("mixed_float16"),
          "mixed_bfloat16_cnn": _mixed("mixed_bfloat16"), "padded_nms": _padded_nms,
          "combined_nms_shared": _combined_nms(1), "combined_nms_per_class": _combined_nms(8),
-         "causal_decoder_dynamic": _causal_decoder}
+         "causal_decoder_dynamic": _causal_decoder, "fake_quant_cnn": _fake_quant}
 
 
 def _original(src: Path, feed: dict) -> dict:

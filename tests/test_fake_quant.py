@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from zoo import fake_quant_cnn
 
 from tfopt.graph import fake_quant_steps
 from tfopt.passes import PassContext, PassLog
@@ -11,46 +12,9 @@ from tfopt.passes.nudge_fake_quant import nudge_fake_quant
 from tfopt.verify import compare
 
 
-def _qat_cnn(path, left_float: bool = False):
-    """A CNN as tfmot lays it out: per-channel narrow-range weights, per-tensor activations;
-    symmetric ranges whose zero point falls on a half (TF nudges them), an Args fake quant,
-    a narrow-range activation; with left_float, a dense head no fake quant covers."""
-    import tensorflow as tf
-
-    rng = np.random.default_rng(0)
-    k1 = rng.normal(0, .3, (3, 3, 1, 8)).astype("float32")
-    k2 = rng.normal(0, .05, (8 * 14 * 14, 16)).astype("float32")
-    k3 = rng.normal(0, .3, (16, 10)).astype("float32")
-    reach1 = np.abs(k1).max((0, 1, 2))
-    module = tf.Module()
-    module.k1, module.k2, module.k3 = (tf.Variable(k) for k in (k1, k2, k3))
-    module.ranges = tf.Variable([-3.0, 3.0, 4.0, -8.0, 8.0])
-
-    @tf.function(input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32, name="image")])
-    def serve(x):
-        quant = tf.quantization
-        r = module.ranges
-        x = quant.fake_quant_with_min_max_vars(x, r[0], r[1])
-        kernel = quant.fake_quant_with_min_max_vars_per_channel(module.k1, -reach1, reach1,
-                                                                narrow_range=True)
-        y = quant.fake_quant_with_min_max_args(tf.nn.relu(tf.nn.conv2d(x, kernel, 1, "SAME")),
-                                               0.0, 4.0)
-        y = tf.reshape(tf.nn.max_pool2d(y, 2, 2, "VALID"), [-1, 8 * 14 * 14])
-        reach2 = float(np.abs(k2).max())
-        dense = tf.matmul(y, quant.fake_quant_with_min_max_vars(module.k2, -reach2, reach2,
-                                                                narrow_range=True))
-        y = quant.fake_quant_with_min_max_vars(dense, r[3], r[4], narrow_range=True)
-        if left_float:
-            y = tf.matmul(tf.nn.relu(y), module.k3)
-        return {"logits": y}
-
-    tf.saved_model.save(module, str(path), signatures=serve.get_concrete_function())
-    return path
-
-
 @pytest.fixture(scope="module")
 def qat_cnn(tmp_path_factory):
-    return _qat_cnn(tmp_path_factory.mktemp("qat") / "cnn")
+    return fake_quant_cnn(tmp_path_factory.mktemp("qat") / "cnn")
 
 
 def test_fp32_targets_keep_the_fake_quant_rounding(qat_cnn, tmp_path):
@@ -96,7 +60,7 @@ def test_calibration_only_quantizes_what_the_model_left_float(tmp_path):
 
     import tfopt
 
-    source = _qat_cnn(tmp_path / "cnn", left_float=True)
+    source = fake_quant_cnn(tmp_path / "cnn", left_float=True)
     result = tfopt.freeze(source, tmp_path / "int8", targets=["onnx"], quantize="int8",
                           calibration="random")
     artifact = result.artifact("onnx")

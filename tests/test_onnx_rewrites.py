@@ -265,3 +265,24 @@ def test_zero_initial_states_keep_a_state_that_is_not_zero():
     lstm = next(n for n in out.graph.node if n.op_type == "LSTM")
     assert list(lstm.input)[5:] == ["state", "state"]
     assert {"node": "lstm", "reason": "initial_h is not known to be zero"} in log.skipped
+
+
+def test_quantized_weights_store_a_quantized_constant_as_integers():
+    scale = np.array([0.5, 0.25, 0.125, 1.0], np.float32)
+    grid = (RNG.integers(-127, 128, (3, 4)) * scale).astype(np.float32)
+    initializers = {"w": grid, "s": scale, "zp": np.zeros(4, np.int8),
+                    "v": grid, "s1": np.array(0.5, np.float32)}
+    nodes = [helper.make_node("QuantizeLinear", ["w", "s", "zp"], ["wq"], name="q", axis=1),
+             helper.make_node("DequantizeLinear", ["wq", "s", "zp"], ["wd"], name="dq", axis=1),
+             helper.make_node("QuantizeLinear", ["v", "s1"], ["vq"], name="no_zero_point"),
+             helper.make_node("DequantizeLinear", ["vq", "s1"], ["vd"], name="dq1"),
+             helper.make_node("MatMul", ["x", "wd"], ["m"], name="mm"),
+             helper.make_node("Add", ["m", "vd"], ["y"], name="add")]
+    before = model(nodes, [tensor("x", [3, 3])], [tensor("y", [3, 4])], initializers)
+    out, log = rewrite("quantized_weights", before)
+    assert [n.op_type for n in out.graph.node].count("QuantizeLinear") == 1
+    stored = {i.name: numpy_helper.to_array(i) for i in out.graph.initializer}
+    np.testing.assert_array_equal(stored["wq"], np.rint(grid / scale).astype(np.int8))
+    assert [c["node"] for c in log.changes] == ["q"]
+    assert "no zero point" in log.skipped[0]["reason"]
+    same_outputs(before, out, {"x": RNG.standard_normal((3, 3)).astype(np.float32)})

@@ -205,7 +205,8 @@ def _scale_reasons(outputs: dict[str, dict], noise: dict[str, float],
                 reasons.append(f"output '{name}': values differ from the original's "
                                f"(max abs error {out['max_abs_err']:.3g}); they must be equal")
             continue
-        floor, step = noise.get(name, 0.0), steps.get(name, 0.0)
+        # a step as measured in float32 outputs: their rounding makes it a hair wider
+        floor, step = noise.get(name, 0.0), steps.get(name, 0.0) * (1 + 1e-3)
         tolerance = max(SCALE_RTOL * out["scale"], NOISE_FACTOR * floor, step, ABSOLUTE_FLOOR)
         out.update(tolerance=tolerance, noise_floor=floor)
         if step:
