@@ -148,7 +148,8 @@ def test_pads_fold_into_convs_for_every_target(freeze_once, mobilenet_v2):
     assert "Pad" not in onnx_artifact.ops
     steps = {s["step"]: s for s in onnx_artifact.steps}
     assert set(steps) == {"tf2onnx", "gru", "zero_initial_states", "onnxoptimizer", "onnxslim",
-                          "gemm", "hard_activations", "compact_names", "canonical_names"}
+                          "gemm", "hard_activations", "quantized_weights", "compact_names",
+                          "canonical_names"}
     assert all("error" not in s for s in steps.values()), steps
     assert steps["hard_activations"]["nodes"] == onnx_artifact.nodes < steps["tf2onnx"]["nodes"]
     assert "Gemm" in onnx_artifact.ops and "MatMul" not in onnx_artifact.ops  # the Dense head
