@@ -182,3 +182,32 @@ def fake_quant_cnn(path, left_float: bool = False):
 
     tf.saved_model.save(module, str(path), signatures=serve.get_concrete_function())
     return path
+
+
+def outlier_model(path: Path):
+    """A trained classifier whose 'bad' layer has one huge-magnitude unit that the head
+    ignores: per-tensor int8 ranges then wipe out the layer's other units."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((20, 64)).astype(np.float32) * 2
+    labels = rng.integers(0, 20, 4000)
+    x = centers[labels] + rng.standard_normal((4000, 64)).astype(np.float32)
+    inputs = keras.Input((64,), name="x")
+    h = keras.layers.Dense(512, activation="relu")(inputs)
+    h = keras.layers.Dense(512, activation="relu")(h)
+    bad = keras.layers.Dense(64, name="bad")(h)
+    outputs = keras.layers.Softmax()(keras.layers.Dense(20, name="head")(bad))
+    model = keras.Model(inputs, outputs)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x, labels, epochs=3, batch_size=64, verbose=0)
+    weights, bias = model.get_layer("bad").get_weights()
+    weights[:, 0] *= 10000
+    model.get_layer("bad").set_weights([weights, bias])
+    weights, bias = model.get_layer("head").get_weights()
+    weights[0, :] = 0
+    model.get_layer("head").set_weights([weights, bias])
+    save_serving(model, str(path / "model"))
+    np.savez(path / "calibration.npz", x=x[:200])
+    return path / "model", path / "calibration.npz"

@@ -10,6 +10,7 @@ import digits
 import numpy as np
 import pytest
 from conftest import save_serving
+from zoo import outlier_model
 
 from tfopt.commands import main
 from tfopt.data import read_feeds
@@ -58,6 +59,8 @@ def test_int8_artifacts_show_their_quantization_error_by_layer(runs):
         worst = int8.artifact(fmt).divergence["worst"]
         errors = [w["relative_error"] for w in worst]
         assert len(worst) >= 3 and errors == sorted(errors, reverse=True), (fmt, worst)
+        assert all(w["added_error"] >= 0 for w in worst) and any(w["added_error"] > 0
+                                                                   for w in worst), worst
         assert 0 < errors[0] < 0.5 and all(w["op"] and w["cosine"] > 0.8 for w in worst), worst
     assert runs["none"].artifact("tflite").divergence is None  # fp32, passing: not traced
     page = (Path(int8.out_dir) / "report.html").read_text()
@@ -95,35 +98,6 @@ def test_int8_io_takes_integer_inputs(digits_cnn, tmp_path):
     assert result.exit_code == 0
     details = interpreter(Path(result.artifact("tflite").path)).get_input_details()
     assert details[0]["dtype"] == np.int8
-
-
-def outlier_model(path: Path):
-    """A trained classifier whose 'bad' layer has one huge-magnitude unit that the head
-    ignores: per-tensor int8 ranges then wipe out the layer's other units."""
-    import keras
-
-    keras.utils.set_random_seed(0)
-    rng = np.random.default_rng(0)
-    centers = rng.standard_normal((20, 64)).astype(np.float32) * 2
-    labels = rng.integers(0, 20, 4000)
-    x = centers[labels] + rng.standard_normal((4000, 64)).astype(np.float32)
-    inputs = keras.Input((64,), name="x")
-    h = keras.layers.Dense(512, activation="relu")(inputs)
-    h = keras.layers.Dense(512, activation="relu")(h)
-    bad = keras.layers.Dense(64, name="bad")(h)
-    outputs = keras.layers.Softmax()(keras.layers.Dense(20, name="head")(bad))
-    model = keras.Model(inputs, outputs)
-    model.compile("adam", "sparse_categorical_crossentropy")
-    model.fit(x, labels, epochs=3, batch_size=64, verbose=0)
-    weights, bias = model.get_layer("bad").get_weights()
-    weights[:, 0] *= 10000
-    model.get_layer("bad").set_weights([weights, bias])
-    weights, bias = model.get_layer("head").get_weights()
-    weights[0, :] = 0
-    model.get_layer("head").set_weights([weights, bias])
-    save_serving(model, str(path / "model"))
-    np.savez(path / "calibration.npz", x=x[:200])
-    return path / "model", path / "calibration.npz"
 
 
 @pytest.mark.slow
@@ -261,3 +235,22 @@ def test_onnx_fp16_keeps_overflowing_nodes_in_fp32(tmp_path):
     assert fp16, "the rest of the model is fp16"
     big_weights = [i for i in graph.initializer if "big" in i.name]
     assert big_weights and all(i.data_type == onnx.TensorProto.FLOAT for i in big_weights)
+
+
+def test_fallback_keeps_a_whole_layer_and_the_reshape_after_it_in_float():
+    import tensorflow as tf
+
+    from tfopt.quantize import ranked_layers
+
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [1, 4, 4, 2], name="x")
+        with tf.name_scope("big"):
+            y = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(x, tf.ones([1, 1, 2, 3]), 1, "SAME",
+                                                       name="conv"), tf.ones([3]), name="bias"),
+                           name="relu")
+        flat = tf.reshape(y, [1, 48], name="flatten")
+        with tf.name_scope("head"):
+            tf.matmul(flat, tf.ones([48, 2]), name="matmul")
+    layers = ranked_layers(graph.as_graph_def(), ["big/bias", "head/matmul", "big/relu"])
+    assert layers == [["big/bias", "big/relu", "flatten"], ["head/matmul"]]

@@ -143,7 +143,7 @@ class Tracer:
                        "paired": len(pairs), "traced": len(reference),
                        "chart": chart[:: max(1, len(chart) // MAX_CHART)][:MAX_CHART]}
         if min_cosine is not None:
-            found["worst"] = _worst_layers(pairs, reference, nodes)
+            found["worst"] = _layer_errors(pairs, reference, nodes, judged)[:WORST]
         ranked = sorted(judged.items(), key=lambda item: order[node_name(item[0])])
         factor = CLEAR_DIVERGENCE if any(e > CLEAR_DIVERGENCE * t for _, (e, t) in ranked) \
             else 1.0
@@ -275,20 +275,40 @@ def _nearest_judged(op: str, nodes: dict, judged: dict) -> list[str]:
 WORST = 10  # layers listed by quantization error
 
 
-def _worst_layers(pairs: dict, reference: dict, nodes: dict) -> list[dict]:
-    """The ops whose outputs a quantized artifact moves most: RMS error over the tensor's
-    RMS (the per-layer quantization error), with their cosine similarity."""
-    rows = []
+def _layer_errors(pairs: dict, reference: dict, nodes: dict, judged: dict) -> list[dict]:
+    """The ops whose outputs a quantized artifact moves, worst first: RMS error over the
+    tensor's RMS (the per-layer quantization error, inherited included), its cosine
+    similarity, and the error the op adds: its worst channel's relative error over its
+    nearest compared inputs' (a layer with one huge channel wipes out the others, which
+    its RMS error hides)."""
+    relative, channel = {}, {}
     for name, value in pairs.items():
         expected = reference[name].astype(np.float64)
         signal = float(np.sqrt(np.mean(expected ** 2))) if expected.size else 0.0
-        if signal <= ABSOLUTE_FLOOR:
-            continue
-        noise = float(np.sqrt(np.mean((value.astype(np.float64) - expected) ** 2)))
+        if signal > ABSOLUTE_FLOOR:
+            noise = value.astype(np.float64) - expected
+            relative[name] = float(np.sqrt(np.mean(noise ** 2))) / signal
+            channel[name] = _worst_channel(expected, noise)
+    rows = []
+    for name, error in relative.items():
         op = _computing(node_name(name), nodes)
-        rows.append({"op": op, "op_type": nodes[op].op, "relative_error": round(noise / signal, 6),
-                     "cosine": round(_cosine(value, reference[name]), 6)})
-    return sorted(rows, key=lambda r: -r["relative_error"])[:WORST]
+        inherited = max((channel.get(i, 0.0) for i in _nearest_judged(op, nodes, judged)),
+                        default=0.0)
+        rows.append({"op": op, "op_type": nodes[op].op, "relative_error": round(error, 6),
+                     "cosine": round(_cosine(pairs[name], reference[name]), 6),
+                     "added_error": round(max(channel[name] - inherited, 0.0), 6)})
+    return sorted(rows, key=lambda r: -r["relative_error"])
+
+
+def _worst_channel(expected: np.ndarray, noise: np.ndarray) -> float:
+    """The largest RMS error over RMS value among a tensor's live channels (its last axis)."""
+    if expected.ndim < 2:
+        expected, noise = expected.reshape(1, -1), noise.reshape(1, -1)
+    axes = tuple(range(expected.ndim - 1))
+    signal = np.sqrt(np.mean(expected ** 2, axis=axes))
+    error = np.sqrt(np.mean(noise ** 2, axis=axes))
+    live = signal > 1e-6 * signal.max()
+    return float((error[live] / signal[live]).max()) if live.any() else 0.0
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:

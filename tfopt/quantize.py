@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tfopt.artifacts import build_and_check, remove
 from tfopt.exporters import EXPORTERS, ExportOptions
-from tfopt.graph import plain_session
+from tfopt.graph import consumers, plain_session
 from tfopt.model import Model
 from tfopt.report import ArtifactReport
 from tfopt.verify import Check
@@ -105,14 +105,36 @@ def _with_float_layers(model: Model, options: ExportOptions, attempt) -> list[di
     per-layer errors that ranked them, worst first."""
     scores = sorted(layer_sensitivity(model, options.calibration or []).items(),
                     key=lambda kv: -kv[1])
-    ranked = [name for name, _ in scores]
+    layers = ranked_layers(model.graph_def, [name for name, _ in scores])
     for count in FALLBACK_LAYERS:
-        if count > len(ranked):
+        if count > len(layers):
             break
-        report = attempt(f"int8_float{count}", "int8", ranked[:count])
+        kept = [name for layer in layers[:count] for name in layer]
+        report = attempt(f"int8_float{count}", "int8", kept)
         if report.status == "ok" and report.parity is not None and report.parity.passed:
             break
     return [{"layer": name, "int8_error": round(score, 6)} for name, score in scores[:20]]
+
+
+def ranked_layers(graph_def, ranked: list[str]) -> list[list[str]]:
+    """Ranked nodes grouped into layers, worst first: the nodes of one name scope (a Keras
+    layer's MatMul, BiasAdd and Relu, which a converter fuses into one op) count as one,
+    with the layout ops that carry their output to its next layer (a Flatten before a
+    Dense: the Dense would quantize it again)."""
+    readers = consumers(graph_def)
+    groups: dict[str, list[str]] = {}
+    for name in ranked:
+        groups.setdefault(name.rpartition("/")[0] or name, []).append(name)
+    layers = []
+    for names in groups.values():
+        frontier, kept = list(names), list(names)
+        while frontier:
+            for reader in readers.get(frontier.pop(), ()):
+                if reader.op in _LAYOUT_OPS and reader.name not in kept:
+                    kept.append(reader.name)
+                    frontier.append(reader.name)
+        layers.append(kept)
+    return layers
 
 
 # ops whose output is their input rearranged: quantizing them adds no error of their own
