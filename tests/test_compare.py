@@ -156,3 +156,23 @@ def test_artifacts_that_cannot_be_paired_are_refused(cnn, artifacts, tmp_path):
     assert run.stderr.strip() == f"tfopt: error: artifact {tmp_path / 'missing.onnx'} does " \
                                  "not exist"
     assert not any(tmp_path.iterdir())
+
+
+def test_an_earlier_int8_onnx_is_traced_under_its_short_names(cnn, tmp_path):
+    import onnx
+
+    made = tfopt.freeze(cnn, tmp_path / "int8", targets=["onnx"], quantize="int8",
+                        calibration="random")
+    path = Path(made.artifact("onnx").path)
+    own = made.artifact("onnx").divergence
+    proto = onnx.load(str(path))
+    assert any(":" not in n.output[0] and "/" not in n.output[0] for n in proto.graph.node)
+    result = tfopt.compare(cnn, [path], tmp_path / "compared", trace=True)
+    traced = result.artifacts[0].divergence
+    assert traced["paired"] == own["paired"] >= 3, (traced, own)
+    # the same layers (ranked on other inputs: compare draws its own)
+    assert {w["op"] for w in traced["worst"]} == {w["op"] for w in own["worst"]}
+    del proto.metadata_props[:]  # without the names tfopt kept: nothing inside pairs
+    onnx.save(proto, str(tmp_path / "bare.onnx"))
+    bare = tfopt.compare(cnn, [tmp_path / "bare.onnx"], tmp_path / "bare", trace=True)
+    assert bare.artifacts[0].divergence["paired"] < own["paired"]

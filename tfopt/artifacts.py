@@ -97,9 +97,7 @@ def build_and_check(fmt: str, model: Model, path: Path, options: ExportOptions,
     report.parity = check.verdict(actual, report.precision, batched, reshaped)
     if not report.parity.passed:
         report.status = "differs"
-    trace_if_asked(report, check, lambda: {  # under the names the exporter shortened
-        exported.tensor_names.get(k, k): v for k, v in exporter.trace(
-            path, check.feeds[0], model.signature).items()})
+    trace_if_asked(report, check, lambda: exporter.trace(path, check.feeds[0], model.signature))
     return report
 
 

@@ -41,7 +41,6 @@ class Exported:
     batch_limit: str | None = None  # why the artifact takes batch 1 only; None: any batch
     shape_limit: str | None = None  # why it takes the verification shape only; None: any
     note: str | None = None  # how it differs from the original's compute, if it does
-    tensor_names: dict[str, str] = field(default_factory=dict)  # renamed -> as converted
 
 
 @dataclass

@@ -17,6 +17,7 @@ from tfopt.exporters.onnx.runtime import (
     read_precision,
     runner,
     trace,
+    write_tensor_names,
 )
 from tfopt.graph import compute_precision
 from tfopt.model import Model
@@ -76,6 +77,8 @@ def export(model: Model, path: Path, options: ExportOptions) -> Exported:
                                                             node.doc_string.split("\n"))
                             if new != old)
         node.doc_string = ""
+    if tensor_names:  # so that a trace, in this run or a later compare, pairs them
+        write_tensor_names(proto, tensor_names)
     save(proto, path, model.weights)
     if model.weights:  # the in-memory checks never saw the weights: check the files
         try:
@@ -86,5 +89,4 @@ def export(model: Model, path: Path, options: ExportOptions) -> Exported:
     kept = compute_precision(model.graph_def)  # bfloat16 was made float32 (bfloat16_in_fp32)
     note = f"keeps the original's {kept} compute (onnxruntime runs it)" \
         if kept != "float32" else None
-    return Exported(precision=precision, steps=steps + named, recurrent=recurrent, note=note,
-                    tensor_names=tensor_names)
+    return Exported(precision=precision, steps=steps + named, recurrent=recurrent, note=note)

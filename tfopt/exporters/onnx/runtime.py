@@ -1,6 +1,9 @@
 """Running and describing ONNX artifacts with onnxruntime."""
 from __future__ import annotations
 
+import base64
+import json
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -78,7 +81,37 @@ def trace(path: Path, feed: dict, signature: str | None = None) -> dict:
                 exposed.add(name)
     found = session(proto)
     names = [o.name for o in found.get_outputs()]
-    return dict(zip(names, found.run(names, {k: _onnx_strings(v) for k, v in feed.items()})))
+    converted = read_tensor_names(proto)  # under the names converted, before short_names
+    values = found.run(names, {k: _onnx_strings(v) for k, v in feed.items()})
+    return {converted.get(name, name): value for name, value in zip(names, values)}
+
+
+TENSOR_NAMES_KEY = "tfopt.tensor_names"  # metadata: short name -> the name tf2onnx gave
+MAX_NAMES_BYTES = 64 << 20  # a hostile entry may not inflate past this
+
+
+def write_tensor_names(proto: Any, names: dict[str, str]) -> None:
+    """Keep the renamed tensors' converted names in the model's metadata, compressed (they
+    share long scopes: about a tenth of their text)."""
+    packed = base64.b64encode(zlib.compress(json.dumps(names, sort_keys=True).encode(), 9))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = TENSOR_NAMES_KEY, packed.decode()
+
+
+def read_tensor_names(proto: Any) -> dict[str, str]:
+    """The names write_tensor_names kept, or none (another tool's model, a damaged entry)."""
+    for entry in proto.metadata_props:
+        if entry.key == TENSOR_NAMES_KEY:
+            try:
+                inflate = zlib.decompressobj()
+                text = inflate.decompress(base64.b64decode(entry.value), MAX_NAMES_BYTES)
+                names = json.loads(text) if not inflate.unconsumed_tail else {}
+            except (ValueError, zlib.error):
+                return {}
+            if not isinstance(names, dict):
+                return {}
+            return {k: v for k, v in names.items() if isinstance(k, str) and isinstance(v, str)}
+    return {}
 
 
 def read_precision(path: Path) -> str:
