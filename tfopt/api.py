@@ -35,7 +35,7 @@ from tfopt.limits import run_bounded
 from tfopt.loaders import Loaded, check_exists, detect_format, load
 from tfopt.loaders.base import check_graph_size
 from tfopt.model import SECOND_SIZES, Model
-from tfopt.options import TARGETS, FreezeOptions, calibration_needed
+from tfopt.options import DEFAULT_TARGETS, FreezeOptions, calibration_needed
 from tfopt.output import check_output, make_staging, publish, writes_to
 from tfopt.pages import write_report
 from tfopt.pairing import artifact_format, check_artifact
@@ -278,7 +278,7 @@ def _run(src: Path, out: Path, staging: Path, opts: FreezeOptions, start: float,
                 prepared, prepared_reports = prepare_for(fmt, ready.model)
                 ready.reports += prepared_reports
                 report = _export(fmt, prepared, staging, out, export, ready.check,
-                                 opts.objective, opts.targets != TARGETS)
+                                 opts.objective, opts.targets != DEFAULT_TARGETS)
                 # a preparation pass that changes how the artifact computes says so
                 report.note = "; ".join(filter(None, [report.note] + [
                     c.get("note") for r in prepared_reports for c in r.changes])) or None
@@ -447,7 +447,8 @@ def _export(fmt: str, model: Model, staging: Path, out: Path, options: ExportOpt
     else:
         note = None
         if options.quantize not in exporter.MODES:
-            note = f"stays fp32: --quantize {options.quantize} applies to tflite and onnx"
+            takers = [name for name, e in EXPORTERS.items() if options.quantize in e.MODES]
+            note = f"stays fp32: --quantize {options.quantize} applies to {', '.join(takers)}"
             options = replace(options, quantize="none")
         report = build_and_check(fmt, model, staging / exporter.FILENAME, options, check,
                                  explicit)

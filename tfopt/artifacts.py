@@ -11,7 +11,7 @@ from pathlib import Path
 from tfopt.divergence import message, traced
 from tfopt.errors import ConversionError, first_line
 from tfopt.exporters import EXPORTERS, ExportOptions
-from tfopt.files import path_bytes, sidecar, tree_digest
+from tfopt.files import companion, path_bytes, tree_digest
 from tfopt.model import Model
 from tfopt.output import write_failure
 from tfopt.report import ArtifactReport
@@ -30,7 +30,7 @@ def build_and_check(fmt: str, model: Model, path: Path, options: ExportOptions,
     try:
         exported = exporter.export(model, path, options)
     except Exception as exc:  # one target failing must not stop the others
-        remove(path)
+        remove(path, exporter.COMPANIONS)
         if write_failure(exc):  # not the target's fault: the whole run cannot be written
             raise
         details = exc.details if isinstance(exc, ConversionError) else {}
@@ -49,8 +49,8 @@ def build_and_check(fmt: str, model: Model, path: Path, options: ExportOptions,
                             float_layers=list(options.float_layers),
                             recurrent=exported.recurrent, note=exported.note,
                             seconds=round(time.perf_counter() - start, 2))
-    report.bytes = path_bytes(path)
-    report.sha256 = tree_digest(path)
+    report.bytes = path_bytes(path, exporter.COMPANIONS)
+    report.sha256 = tree_digest(path, exporter.COMPANIONS)
     report.ops = exporter.describe(path, model)
     report.nodes = sum(report.ops.values())
     large = report.bytes > LARGE_ARTIFACT  # collecting costs ~0.1 s; worth it past this
@@ -126,15 +126,24 @@ def _shown(feed: dict) -> str:
 
 def _failed(report: ArtifactReport, path: Path, error: str) -> ArtifactReport:
     """A built artifact that its runtime refused: removed, and the report says why."""
-    remove(path)
+    remove(path, EXPORTERS[report.format].COMPANIONS)
     report.status, report.error = "failed", error
     report.path, report.bytes, report.nodes, report.ops = None, None, None, {}
     return report
 
 
-def remove(path: Path) -> None:
+def remove(path: Path, companions: tuple[str, ...] = ()) -> None:
+    """An artifact: a directory, or a file and its companions."""
     if path.is_dir():
         shutil.rmtree(path, ignore_errors=True)
     else:
-        path.unlink(missing_ok=True)
-        sidecar(path).unlink(missing_ok=True)
+        for file in [path] + [companion(path, c) for c in companions]:
+            file.unlink(missing_ok=True)
+
+
+def move(source: Path, path: Path, companions: tuple[str, ...] = ()) -> None:
+    """An artifact to another place, its companions with it (named after it again)."""
+    pairs = [(source, path)] + [(companion(source, c), companion(path, c)) for c in companions]
+    for old, new in pairs:
+        if old.exists():
+            shutil.move(str(old), str(new))

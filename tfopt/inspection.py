@@ -22,7 +22,7 @@ def inspect(src: str | os.PathLike, options: FreezeOptions | None = None,
     from dataclasses import replace
 
     from tfopt.categories import CATEGORIES, classify
-    from tfopt.exporters import EXPORTERS, ExportOptions, prepare
+    from tfopt.exporters import EXPORTERS, ExportOptions, missing_extra, prepare
     from tfopt.loaders import LOADERS, detect_format, load
     from tfopt.loaders.base import graph_stats
     from tfopt.loaders.tf1 import candidate_outputs, cut_hint, input_sources
@@ -69,7 +69,8 @@ def inspect(src: str | os.PathLike, options: FreezeOptions | None = None,
         return report
     export = ExportOptions(opset=opts.opset)
     report["unsupported_ops"] = {fmt: module.unsupported_ops(prepare(fmt, model)[0], export)
-                                 for fmt, module in EXPORTERS.items()}
+                                 for fmt, module in EXPORTERS.items()
+                                 if not missing_extra(fmt)}
     return report
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from tfopt.data import check_source
 from tfopt.errors import UsageError
-from tfopt.exporters import EXPORTERS
+from tfopt.exporters import EXPORTERS, missing_extra
 from tfopt.exporters.base import CALIBRATED, QUANTIZE_MODES
 from tfopt.limits import DEFAULT_TIMEOUT, MAX_CALL_DEPTH, MAX_NODES, MEMORY_SHARE, parse_size
 from tfopt.loaders.weights import LARGE_WEIGHT_BYTES
@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # the loaders import TensorFlow's types lazily; options stay 
     from tfopt.loaders.base import LoadOptions
 
 TARGETS = tuple(EXPORTERS)
+DEFAULT_TARGETS = tuple(name for name, exporter in EXPORTERS.items() if exporter.DEFAULT)
 QUANTIZE_CHOICES = QUANTIZE_MODES + ("auto",)
 OBJECTIVES = ("size", "latency")
 
@@ -107,8 +108,10 @@ def calibration_needed(mode: str) -> str:
 class FreezeOptions:
     """Everything that shapes one conversion; see the README's Usage for each."""
 
-    targets: tuple[str, ...] = _opt(TARGETS, Flag(
-        "comma-separated targets", OUTPUT, flag="--to", parse=comma_list, aliases=("to",)))
+    targets: tuple[str, ...] = _opt(DEFAULT_TARGETS, Flag(
+        f"comma-separated targets (default {','.join(DEFAULT_TARGETS)}; also "
+        f"{','.join(t for t in TARGETS if t not in DEFAULT_TARGETS)})", OUTPUT, flag="--to",
+        parse=comma_list, aliases=("to",)))
     signature: str = _opt("serving_default", Flag("SavedModel signature to freeze", SOURCE))
     tags: tuple[str, ...] | None = _opt(None, Flag(
         "comma-separated MetaGraph tag set (default: serve)", SOURCE, flag="--tag",
@@ -260,6 +263,9 @@ class FreezeOptions:
             if not dims or any(d < 1 for d in dims):
                 raise UsageError(f"--input-shape {name}={','.join(map(str, dims))}: every "
                                  "dimension must be a positive number")
+        missing = next(filter(None, map(missing_extra, targets)), None)
+        if missing:
+            raise UsageError(missing)
         if self.opset is not None and "onnx" in targets:
             low, high = opset_range()
             if not low <= self.opset <= high:

@@ -19,7 +19,7 @@ from tfopt.options import FreezeOptions
 from tfopt.report import ArtifactReport
 from tfopt.verify import Check, batch_size, feed_shapes, widened
 
-SUFFIXES = {".onnx": "onnx", ".tflite": "tflite", ".pb": "pb"}
+SUFFIXES = {e.SUFFIX: name for name, e in EXPORTERS.items() if e.SUFFIX}
 
 
 def artifact_format(path: Path) -> str:
@@ -30,8 +30,8 @@ def artifact_format(path: Path) -> str:
         return SUFFIXES[path.suffix.lower()]
     if not path.exists():
         raise InputError(f"artifact {path} does not exist")
-    raise InputError(f"artifact {path} is not a .onnx, .tflite, frozen .pb or SavedModel "
-                     "directory; those are what tfopt compare can run")
+    raise InputError(f"artifact {path} is not a {', '.join(sorted(SUFFIXES))} file or a "
+                     "SavedModel directory; those are what tfopt compare can run")
 
 
 def check_artifact(fmt: str, path: Path, model: Model, check: Check,
@@ -48,7 +48,8 @@ def check_artifact(fmt: str, path: Path, model: Model, check: Check,
         report.status, report.error = "failed", \
             f"{fmt} runtime cannot load {path.name}: {first_line(exc)}"
         return report
-    report.bytes, report.sha256 = path_bytes(path), tree_digest(path)
+    report.bytes, report.sha256 = path_bytes(path, exporter.COMPANIONS), \
+        tree_digest(path, exporter.COMPANIONS)
     report.ops = exporter.describe(path, replace(model, signature=opened.signature
                                                  or model.signature))
     report.nodes = sum(report.ops.values())

@@ -10,7 +10,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from tfopt.artifacts import build_and_check, remove
+from tfopt.artifacts import build_and_check, move, remove
 from tfopt.exporters import EXPORTERS, ExportOptions
 from tfopt.graph import consumers, plain_session
 from tfopt.model import Model
@@ -78,8 +78,9 @@ def choose_precision(fmt: str, model: Model, path: Path, options: ExportOptions,
                     "accuracy": r.parity.accuracy if r.parity else None,
                     "error": r.error} for r, _, speed in tried]
         report, source, _ = chosen
-        remove(path)
-        shutil.move(str(source), str(path))
+        companions = EXPORTERS[fmt].COMPANIONS
+        remove(path, companions)
+        move(source, path, companions)
         report.auto = {"objective": objective, "tried": summary, "layer_errors": layer_errors,
                        "chosen": report.precision, "float_layers": list(report.float_layers)}
         if not calibrated:

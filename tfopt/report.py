@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tfopt.errors import EXIT_OK, EXIT_PARITY, EXIT_TARGET_FAILED
+from tfopt.exporters import EXPORTERS
 from tfopt.loaders import SourceInfo
 from tfopt.model import TensorSpec
 from tfopt.passes import PassReport
@@ -14,8 +15,9 @@ from tfopt.verify import Parity
 
 # 2: tfopt 0.2 (security, verification, sha256, parity rule and reason); 1: tfopt 0.1
 SCHEMA_VERSION = 2
-VERSIONED = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "protobuf", "numpy",
-             "ai-edge-litert")
+# the libraries every run uses, then each target's converter and runtime
+VERSIONED = ("tensorflow", "keras", "protobuf", "numpy") + tuple(dict.fromkeys(
+    package for exporter in EXPORTERS.values() for package in exporter.PACKAGES))
 # the same library under another distribution's name (release candidates of TF 2.22 bring
 # keras-nightly; CPU-only images carry tensorflow-cpu)
 ALSO_DISTRIBUTED_AS = {"tensorflow": ("tensorflow-cpu", "tf-nightly"), "keras": ("keras-nightly",)}

@@ -1,15 +1,24 @@
 """Exporters, one per target, keyed by format name; each satisfies `base.Exporter`."""
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import replace
 
-from tfopt.exporters import onnx, pb, saved_model, tflite
+from tfopt.exporters import onnx, openvino, pb, saved_model, tflite
 from tfopt.exporters.base import Exported, Exporter, ExportOptions
 from tfopt.model import Model
 from tfopt.passes import PassReport, run_pipeline
 
 EXPORTERS: dict[str, Exporter] = {module.FORMAT: module
-                                  for module in (onnx, tflite, pb, saved_model)}
+                                  for module in (onnx, tflite, pb, saved_model, openvino)}
+
+
+def missing_extra(fmt: str) -> str | None:
+    """The message for a target whose optional library is not installed, else None."""
+    needed = EXPORTERS[fmt].EXTRA
+    if needed is None or importlib.util.find_spec(needed[0]) is not None:
+        return None
+    return f"--to {fmt} needs {needed[0]}, which is not installed: pip install 'tfopt[{needed[1]}]'"
 
 
 def prepare(fmt: str, model: Model) -> tuple[Model, list[PassReport]]:
@@ -19,4 +28,4 @@ def prepare(fmt: str, model: Model) -> tuple[Model, list[PassReport]]:
     return prepared, [replace(r, target=fmt) for r in reports]
 
 
-__all__ = ["EXPORTERS", "ExportOptions", "Exported", "Exporter", "prepare"]
+__all__ = ["EXPORTERS", "ExportOptions", "Exported", "Exporter", "missing_extra", "prepare"]

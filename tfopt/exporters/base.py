@@ -70,6 +70,11 @@ class Exporter(Protocol):
 
     FORMAT: str  # the target name (--to)
     FILENAME: str  # the artifact's name in OUT
+    SUFFIX: str | None  # how tfopt compare recognizes such an artifact (None: a directory)
+    COMPANIONS: tuple[str, ...]  # files written beside a file artifact (files.companion)
+    DEFAULT: bool  # converted without --to
+    EXTRA: tuple[str, str] | None  # (module, pip extra) an optional target needs
+    PACKAGES: tuple[str, ...]  # libraries whose versions report.json records
     MODES: frozenset[str]  # the --quantize modes it implements ("none" at least)
     PREPARE: tuple[str, ...]  # TF passes run on the exporter's own copy of the frozen graph
 

@@ -12,6 +12,11 @@ from tfopt.security import io_ops, refuse_io_ops
 
 FORMAT = "pb"
 FILENAME = "model.pb"
+SUFFIX = ".pb"
+COMPANIONS: tuple[str, ...] = ()
+DEFAULT = True
+EXTRA = None
+PACKAGES = ()
 MODES = frozenset({"none"})
 PREPARE = ("unmark_fused_calls",)
 

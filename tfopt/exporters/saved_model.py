@@ -20,6 +20,11 @@ from tfopt.security import io_ops, refuse_io_ops
 
 FORMAT = "saved_model"
 FILENAME = "saved_model"
+SUFFIX = None
+COMPANIONS: tuple[str, ...] = ()
+DEFAULT = True
+EXTRA = None
+PACKAGES = ()
 MODES = frozenset({"none"})
 PREPARE = ("unmark_fused_calls",)
 

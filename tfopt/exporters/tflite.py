@@ -24,6 +24,11 @@ from tfopt.model import Model, TensorSpec
 
 FORMAT = "tflite"
 FILENAME = "model.tflite"
+SUFFIX = ".tflite"
+COMPANIONS: tuple[str, ...] = ()
+DEFAULT = True
+EXTRA = None
+PACKAGES = ("ai-edge-litert",)
 
 # tried in order. batch_1 fixes unknown batch dimensions to 1, in the inputs and in tensor
 # lists, so that tensor-list lowering has static element shapes (Keras LSTM/GRU need it);

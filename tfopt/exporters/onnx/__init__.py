@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tfopt.errors import ConversionError, first_line
 from tfopt.exporters.base import PRECISION, QUANTIZE_MODES, Exported, ExportOptions
-from tfopt.exporters.onnx.convert import default_opset, save, to_onnx
+from tfopt.exporters.onnx.convert import SIDECAR, default_opset, save, to_onnx
 from tfopt.exporters.onnx.convert import unsupported_ops as _tf2onnx_unsupported
 from tfopt.exporters.onnx.quantize import QUANTIZERS, quiet_logging
 from tfopt.exporters.onnx.rewrites import FINISH, POST_OPTIMIZE, QUANTIZED_FINISH, run_rewrites
@@ -24,6 +24,11 @@ from tfopt.model import Model
 
 FORMAT = "onnx"
 FILENAME = "model.onnx"
+SUFFIX = ".onnx"
+COMPANIONS = (SIDECAR,)  # external weights
+DEFAULT = True
+EXTRA = None
+PACKAGES = ("tf2onnx", "onnx", "onnxruntime")
 MODES = frozenset(QUANTIZE_MODES)
 # TF passes that make the frozen graph convertible; TF's CPU kernels may no longer run it
 PREPARE = ("nudge_fake_quant", "fake_quant_for_onnx", "fused_nms_to_op",

@@ -10,6 +10,7 @@ from tfopt.graph import const_value, hide_shapes, set_aside_kernels
 from tfopt.model import Model
 
 # handled by tf2onnx itself, not through an op handler
+SIDECAR = "{name}.data"  # where external weights go, beside model.onnx (files.companion)
 _STRUCTURAL = frozenset({"Placeholder", "PlaceholderWithDefault", "Const", "Identity", "NoOp",
                          "PartitionedCall", "StatefulPartitionedCall"})
 
@@ -204,15 +205,16 @@ def save(proto: Any, path: Any, weights: dict[str, Any]) -> None:
     import onnx
     from onnx import TensorProto, helper
 
-    from tfopt.files import sidecar
+    from tfopt.files import companion
 
+    data_path = companion(path, SIDECAR)
     if not weights:
         onnx.save(proto, str(path))
         return
     _drop_inputs(proto, weights)
     used = {name for node in proto.graph.node for name in node.input}
     offset = 0
-    with open(sidecar(path), "wb") as data:
+    with open(data_path, "wb") as data:
         for name, value in weights.items():
             if name not in used:
                 continue
@@ -221,7 +223,7 @@ def save(proto: Any, path: Any, weights: dict[str, Any]) -> None:
                                  data_type=helper.np_dtype_to_tensor_dtype(value.dtype))
             tensor.data_location = TensorProto.EXTERNAL
             data.write(value.data)
-            for key, text in (("location", sidecar(path).name), ("offset", str(offset)),
+            for key, text in (("location", data_path.name), ("offset", str(offset)),
                               ("length", str(value.nbytes))):
                 tensor.external_data.add(key=key, value=text)
             offset += value.nbytes
