@@ -227,7 +227,8 @@ def test_inspect_lists_io_and_training_ops(built, iterator_pb):
     for category in TRAINING:
         assert report["training_ops"][category] > 0
     assert report["variables"]["optimizer_variables"] > 0
-    assert report["unsupported_ops"] == {"onnx": [], "tflite": [], "pb": [], "saved_model": []}
+    assert report["unsupported_ops"] == {"onnx": [], "tflite": [], "pb": [], "saved_model": [],
+                                         "openvino": []}
 
     report = inspect(meta)
     assert report["signatures"] == {}
