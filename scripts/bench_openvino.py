@@ -2,7 +2,7 @@
 `ovc` runs) on the same SavedModels.
 
     python scripts/bench_openvino.py [--models ResNet50,MobileNetV2] [--runs 50]
-                                     [--out bench_openvino.json]
+                                     [--quantize none|fp16] [--out bench_openvino.json]
 
 Per model, each converter in its own process (wall seconds, peak RSS; tfopt's includes
 verifying its IR): the IR's op count (Parameter, Result and Constant aside), bytes, OpenVINO
@@ -34,9 +34,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import zoo  # noqa: E402
 from bench import THREADS, timed  # noqa: E402
 
+# ovc compresses weights to fp16 by default: compared with tfopt --quantize fp16, and saved
+# as f32 when compared with tfopt's default
 OVC = """
 import sys, openvino
-openvino.save_model(openvino.convert_model(sys.argv[1]), sys.argv[2])
+openvino.save_model(openvino.convert_model(sys.argv[1]), sys.argv[2],
+                    compress_to_fp16=sys.argv[3] == "fp16")
 """
 
 
@@ -49,9 +52,16 @@ def _keras(name: str, size: int):
                                                   classes=1000)
         zoo.randomize(model)
         zoo.save_serving(model, path)
-        return {"inputs": np.random.default_rng(0).standard_normal((1, size, size, 3))
-                .astype(np.float32)}
+        return {_input_name(path): np.random.default_rng(0).standard_normal(
+            (1, size, size, 3)).astype(np.float32)}
     return make
+
+
+def _input_name(path: Path) -> str:
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(str(path)).signatures["serving_default"]
+    return next(iter(signature.structured_input_signature[1]))
 
 
 def _tf1_training(path: Path) -> dict:
@@ -143,14 +153,14 @@ def _error(request, model, feed: dict, expected: dict) -> float:
     return max(errors)
 
 
-def measure(name: str, work: Path, runs: int) -> dict:
+def measure(name: str, work: Path, runs: int, quantize: str) -> dict:
     src = work / name
     feed = MODELS[name](src)
     keras_reference = feed.pop("reference", None) == "keras"
     row: dict = {}
     tfopt_run = timed([sys.executable, "-m", "tfopt", str(src), "-o", str(work / "tfopt"),
-                       "--to", "openvino", "--overwrite", "-q"])
-    ovc_run = timed([sys.executable, "-c", OVC, str(src), str(work / "ovc.xml")])
+                       "--to", "openvino", "--quantize", quantize, "--overwrite", "-q"])
+    ovc_run = timed([sys.executable, "-c", OVC, str(src), str(work / "ovc.xml"), quantize])
     paths = {"tfopt": work / "tfopt" / "model.xml", "ovc": work / "ovc.xml"}
     expected = None if keras_reference else _original(src, feed)
     requests = {}
@@ -207,13 +217,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--quantize", choices=("none", "fp16"), default="none",
+                        help="fp16: tfopt --quantize fp16 against ovc's default fp16 weights")
     parser.add_argument("--out", default="bench_openvino.json")
     args = parser.parse_args()
     results = {}
     print(f"{'model':20s} {'tfopt --to openvino':58s} ovc")
     for name in args.models.split(","):
         with tempfile.TemporaryDirectory(prefix="tfopt-ov-") as work:
-            results[name] = measure(name, Path(work), args.runs)
+            results[name] = measure(name, Path(work), args.runs, args.quantize)
         print(f"{name:20s} {_cell(results[name]['tfopt']):58s} {_cell(results[name]['ovc'])}")
     Path(args.out).write_text(json.dumps(results, indent=1))
     print(f"wrote {args.out}")
