@@ -150,6 +150,7 @@ def test_pads_fold_into_convs_for_every_target(freeze_once, mobilenet_v2):
     assert set(steps) == {"tf2onnx", "gru", "zero_initial_states", "onnxoptimizer", "onnxslim",
                           "gemm", "hard_activations", "quantized_weights", "compact_names",
                           "canonical_names"}
+    assert steps["tf2onnx"]["opset"] >= 13  # the opset the artifact was converted at
     assert all("error" not in s for s in steps.values()), steps
     assert steps["hard_activations"]["nodes"] == onnx_artifact.nodes < steps["tf2onnx"]["nodes"]
     assert "Gemm" in onnx_artifact.ops and "MatMul" not in onnx_artifact.ops  # the Dense head

@@ -9,6 +9,7 @@ from tfopt.errors import ConversionError, first_line
 from tfopt.exporters.base import PRECISION, QUANTIZE_MODES, Exported, ExportOptions
 from tfopt.exporters.onnx.convert import SIDECAR, default_opset, save, to_onnx
 from tfopt.exporters.onnx.convert import unsupported_ops as _tf2onnx_unsupported
+from tfopt.exporters.onnx.graph import opset
 from tfopt.exporters.onnx.quantize import QUANTIZERS, quiet_logging
 from tfopt.exporters.onnx.rewrites import FINISH, POST_OPTIMIZE, QUANTIZED_FINISH, run_rewrites
 from tfopt.exporters.onnx.runtime import (
@@ -52,7 +53,7 @@ def export(model: Model, path: Path, options: ExportOptions) -> Exported:
     import onnx
 
     proto = to_onnx(model, options.opset or default_opset())
-    converted = {"step": "tf2onnx", "nodes": len(proto.graph.node)}
+    converted = {"step": "tf2onnx", "nodes": len(proto.graph.node), "opset": opset(proto)}
     proto, steps = run_rewrites(proto, POST_OPTIMIZE)
     steps.insert(0, converted)
     recurrent = [{"node": n.name, "op": n.op_type, "conversion": RECURRENT[n.op_type]}
