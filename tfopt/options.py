@@ -222,10 +222,10 @@ class FreezeOptions:
     def validate(self) -> FreezeOptions:
         """Check what can be checked without the model; returns self (targets deduplicated)."""
         targets = tuple(dict.fromkeys(self.targets))
-        unknown = [t for t in targets if t not in TARGETS]
+        unknown = [t for t in targets if t not in EXPORTERS]  # one registered after import too
         if unknown or not targets:
             raise UsageError(f"unknown target '{','.join(unknown)}'; choose from "
-                             f"{', '.join(TARGETS)}")
+                             f"{', '.join(EXPORTERS)}")
         if self.quantize not in QUANTIZE_CHOICES:
             raise UsageError(f"unknown --quantize '{self.quantize}'; choose from "
                              f"{', '.join(QUANTIZE_CHOICES)}")

@@ -19,18 +19,17 @@ from tfopt.options import FreezeOptions
 from tfopt.report import ArtifactReport
 from tfopt.verify import Check, batch_size, feed_shapes, widened
 
-SUFFIXES = {e.SUFFIX: name for name, e in EXPORTERS.items() if e.SUFFIX}
-
 
 def artifact_format(path: Path) -> str:
-    """The format of an artifact path: by suffix, or a SavedModel directory."""
+    """The format of an artifact path: by its exporter's suffix, or a SavedModel directory."""
+    suffixes = {e.SUFFIX: name for name, e in EXPORTERS.items() if e.SUFFIX}
     if path.is_dir() and (path / "saved_model.pb").is_file():
         return "saved_model"
-    if path.suffix.lower() in SUFFIXES and path.is_file():
-        return SUFFIXES[path.suffix.lower()]
+    if path.suffix.lower() in suffixes and path.is_file():
+        return suffixes[path.suffix.lower()]
     if not path.exists():
         raise InputError(f"artifact {path} does not exist")
-    raise InputError(f"artifact {path} is not a {', '.join(sorted(SUFFIXES))} file or a "
+    raise InputError(f"artifact {path} is not a {', '.join(sorted(suffixes))} file or a "
                      "SavedModel directory; those are what tfopt compare can run")
 
 

@@ -15,9 +15,7 @@ from tfopt.verify import Parity
 
 # 2: tfopt 0.2 (security, verification, sha256, parity rule and reason); 1: tfopt 0.1
 SCHEMA_VERSION = 2
-# the libraries every run uses, then each target's converter and runtime
-VERSIONED = ("tensorflow", "keras", "protobuf", "numpy") + tuple(dict.fromkeys(
-    package for exporter in EXPORTERS.values() for package in exporter.PACKAGES))
+VERSIONED = ("tensorflow", "keras", "protobuf", "numpy")  # then each target's PACKAGES
 # the same library under another distribution's name (release candidates of TF 2.22 bring
 # keras-nightly; CPU-only images carry tensorflow-cpu)
 ALSO_DISTRIBUTED_AS = {"tensorflow": ("tensorflow-cpu", "tf-nightly"), "keras": ("keras-nightly",)}
@@ -28,7 +26,8 @@ def library_versions() -> dict[str, str | None]:
     from importlib import metadata
 
     found: dict[str, str | None] = {}
-    for package in VERSIONED:
+    targets = (package for exporter in EXPORTERS.values() for package in exporter.PACKAGES)
+    for package in dict.fromkeys(VERSIONED + tuple(targets)):
         found[package] = None
         for name in (package, *ALSO_DISTRIBUTED_AS.get(package, ())):
             try:

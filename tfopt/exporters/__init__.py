@@ -11,6 +11,20 @@ from tfopt.passes import PassReport, run_pipeline
 
 EXPORTERS: dict[str, Exporter] = {module.FORMAT: module
                                   for module in (onnx, tflite, pb, saved_model, openvino)}
+PLUGIN_GROUP = "tfopt.exporters"  # entry points of installed packages: one target each
+
+
+def _load_plugins() -> None:
+    """Targets that installed packages declare (`[project.entry-points."tfopt.exporters"]`
+    name = "module"), after tfopt's own; a built-in name is not replaced."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=PLUGIN_GROUP):
+        if entry.name not in EXPORTERS:
+            EXPORTERS[entry.name] = entry.load()
+
+
+_load_plugins()
 
 
 def missing_extra(fmt: str) -> str | None:
