@@ -35,6 +35,7 @@ from tfopt.limits import run_bounded
 from tfopt.loaders import Loaded, check_exists, detect_format, load
 from tfopt.loaders.base import check_graph_size
 from tfopt.model import SECOND_SIZES, Model
+from tfopt.modes import Budget
 from tfopt.options import DEFAULT_TARGETS, FreezeOptions, calibration_needed
 from tfopt.output import check_output, make_staging, publish, writes_to
 from tfopt.pages import write_report
@@ -48,7 +49,6 @@ from tfopt.security import io_ops, refuse_io_ops, security_report
 from tfopt.verify import (
     BUDGETS,
     MANTISSA_BITS,
-    Budget,
     Check,
     feed_shapes,
     noise_floor,

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 from tfopt.data import check_source
 from tfopt.errors import UsageError
 from tfopt.exporters import EXPORTERS, missing_extra
-from tfopt.exporters.base import CALIBRATED, QUANTIZE_MODES
 from tfopt.limits import DEFAULT_TIMEOUT, MAX_CALL_DEPTH, MAX_NODES, MEMORY_SHARE, parse_size
 from tfopt.loaders.weights import LARGE_WEIGHT_BYTES
+from tfopt.modes import MODES
 from tfopt.passes import DEFAULT_PIPELINE, REGISTRY
 
 if TYPE_CHECKING:  # the loaders import TensorFlow's types lazily; options stay light
@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # the loaders import TensorFlow's types lazily; options stay 
 
 TARGETS = tuple(EXPORTERS)
 DEFAULT_TARGETS = tuple(name for name, exporter in EXPORTERS.items() if exporter.DEFAULT)
-QUANTIZE_CHOICES = QUANTIZE_MODES + ("auto",)
+QUANTIZE_CHOICES = tuple(MODES) + ("auto",)
 OBJECTIVES = ("size", "latency")
 
 # flag groups: SOURCE flags choose what is frozen (every command takes them); the others
@@ -230,7 +230,8 @@ class FreezeOptions:
             raise UsageError(f"unknown --quantize '{self.quantize}'; choose from "
                              f"{', '.join(QUANTIZE_CHOICES)}")
         # int8 is checked once the model is read: a quantization-aware one needs no data
-        if self.quantize in CALIBRATED and self.quantize != "int8" and self.calibration is None:
+        if self.quantize in MODES and MODES[self.quantize].calibrated \
+                and self.quantize != "int8" and self.calibration is None:
             raise UsageError(calibration_needed(self.quantize))
         if self.objective not in OBJECTIVES:
             raise UsageError(f"unknown --objective '{self.objective}'; choose size or latency")

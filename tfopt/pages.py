@@ -11,11 +11,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tfopt.modes import BY_PRECISION
 from tfopt.report import human_size
 
 TEMPLATES = Path(__file__).parent / "templates"
 PALETTE = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
-BYTES_PER_PARAM = {"fp32": 4.0, "fp16": 2.0, "dynamic-int8": 1.0, "int8": 1.0, "int16x8": 1.0}
 
 
 def _environment() -> Any:
@@ -103,7 +103,8 @@ def removed_chart(report: dict) -> str | None:
 def weights_at_precision(report: dict, artifact: dict) -> float:
     """The physical minimum of an artifact: the frozen fp32 weights at its precision."""
     return report["frozen"]["constant_bytes"] * \
-        BYTES_PER_PARAM.get(artifact["precision"], 4.0) / 4.0
+        (BY_PRECISION[artifact["precision"]].bytes_per_param
+         if artifact["precision"] in BY_PRECISION else 4.0) / 4.0
 
 
 def size_chart(report: dict) -> str | None:

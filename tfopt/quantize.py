@@ -14,11 +14,10 @@ from tfopt.artifacts import build_and_check, move, remove
 from tfopt.exporters import EXPORTERS, ExportOptions
 from tfopt.graph import consumers, plain_session
 from tfopt.model import Model
+from tfopt.modes import AUTO_ORDER, MODES
 from tfopt.report import ArtifactReport
 from tfopt.verify import Check
 
-# most compressed first; calibrated modes only with calibration data
-ORDER = ("int8", "int16x8", "dynamic", "fp16")
 FALLBACK_LAYERS = (1, 2, 4, 8)  # how many of the worst layers int8 may keep in float
 LATENCY_SLACK = 1.05  # "not slower than fp32" within the noise of a median on a busy CPU
 LATENCY_RUNS = 20
@@ -63,8 +62,8 @@ def choose_precision(fmt: str, model: Model, path: Path, options: ExportOptions,
         baseline = attempt("fp32", "none")
         calibrated = options.calibration is not None
         layer_errors: list[dict] = []
-        for mode in ORDER:
-            if mode in ("int8", "int16x8") and not calibrated:
+        for mode in AUTO_ORDER:  # calibrated modes only with calibration data
+            if MODES[mode].calibrated and not calibrated:
                 continue
             report = attempt(mode, mode)
             if mode == "int8" and report.parity is not None and not report.parity.passed:

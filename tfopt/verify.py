@@ -7,18 +7,7 @@ from typing import Any
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class Budget:
-    """How far a quantized artifact may drift from the fp32 original."""
-
-    min_cosine: float  # per output, cosine similarity over all samples
-    min_agreement: float  # top-1 agreement, for outputs shaped like class scores [N, C]
-    max_drop: float = 0.01  # top-1 accuracy drop against the original, with --eval labels
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
-
+from tfopt.modes import MODES, Budget
 
 # the fp32 rule (README: Verification)
 SCALE_RTOL = 1e-4  # max abs error over the output's largest magnitude
@@ -27,9 +16,8 @@ NOISE_FACTOR = 10  # x the original's own output change under a one-ulp input ch
 ABSOLUTE_FLOOR = 1e-6  # below this an error is noise whatever the scale
 ELEMENTWISE_ATOL, ELEMENTWISE_RTOL = 1e-4, 1e-3  # with --atol/--rtol, the other's default
 
-# defaults per precision (README: Quantization); flags override them
-BUDGETS = {"fp16": Budget(0.999, 0.99), "dynamic-int8": Budget(0.99, 0.95),
-           "int8": Budget(0.98, 0.95), "int16x8": Budget(0.995, 0.98)}
+# defaults per precision (the modes' table); flags override them
+BUDGETS = {mode.precision: mode.budget for mode in MODES.values() if mode.budget is not None}
 
 
 @dataclass

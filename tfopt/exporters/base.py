@@ -15,18 +15,13 @@ from tfopt.model import Model, TensorSpec
 _CALLS = itertools.count()
 
 
-QUANTIZE_MODES = ("none", "fp16", "dynamic", "int8", "int16x8")
-CALIBRATED = ("int8", "int16x8")  # modes that need calibration data
-# the precision an artifact has after each --quantize mode
-PRECISION = {"none": "fp32", "fp16": "fp16", "dynamic": "dynamic-int8", "int8": "int8",
-             "int16x8": "int16x8"}
 
 
 @dataclass
 class ExportOptions:
     opset: int | None = None
-    quantize: str = "none"  # one of QUANTIZE_MODES
-    calibration: list[dict] | None = None  # feed dicts, for CALIBRATED modes (and fp16 ONNX)
+    quantize: str = "none"  # a name in modes.MODES
+    calibration: list[dict] | None = None  # feed dicts, for calibrated modes (and fp16 ONNX)
     int8_io: bool = False  # TFLite int8: integer inputs and outputs too
     float_layers: tuple[str, ...] = ()  # nodes kept in float by a quantized export
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from tfopt.errors import ConversionError, first_line
-from tfopt.exporters.base import PRECISION, Exported, ExportOptions, Opened, python_callbacks
+from tfopt.exporters.base import Exported, ExportOptions, Opened, python_callbacks
 from tfopt.model import Model, TensorSpec
+from tfopt.modes import MODES as QUANTIZE
 
 FORMAT = "openvino"
 FILENAME = "model.xml"
@@ -43,7 +44,7 @@ def export(model: Model, path: Path, options: ExportOptions) -> Exported:
     if options.quantize == "int8":
         converted, note = _int8(converted, options)
     openvino.save_model(converted, str(path), compress_to_fp16=options.quantize == "fp16")
-    return Exported(precision=PRECISION[options.quantize], note=note)
+    return Exported(precision=QUANTIZE[options.quantize].precision, note=note)
 
 
 def _convert(model: Model):

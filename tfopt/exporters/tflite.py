@@ -9,8 +9,6 @@ from pathlib import Path
 from tfopt import compat
 from tfopt.errors import ConversionError
 from tfopt.exporters.base import (
-    PRECISION,
-    QUANTIZE_MODES,
     Exported,
     ExportOptions,
     Opened,
@@ -21,6 +19,7 @@ from tfopt.exporters.base import (
 from tfopt.graph import DT_INT64, DT_STRING
 from tfopt.logs import native_stderr_silenced
 from tfopt.model import Model, TensorSpec
+from tfopt.modes import MODES as QUANTIZE
 
 FORMAT = "tflite"
 FILENAME = "model.tflite"
@@ -61,7 +60,7 @@ def _shape_limit(model: Model) -> str:
             f"ops); choose another size with {flags}")
 
 
-MODES = frozenset(QUANTIZE_MODES)
+MODES = frozenset(QUANTIZE)
 PREPARE = ("nudge_fake_quant", "dynamic_tensor_lists", "compute_in_fp32", "unmark_fused_calls",
            "combined_nms")
 
@@ -188,7 +187,7 @@ def export(model: Model, path: Path, options: ExportOptions) -> Exported:
             f"only, and this model has {', '.join(tables)}; the onnx, pb and saved_model "
             "targets hold it, or map the values through an int64 table",
             details={"blocking_ops": ["HashTableV2"]})
-    result = Exported(precision=PRECISION[options.quantize])
+    result = Exported(precision=QUANTIZE[options.quantize].precision)
     # through a SavedModel whose weights are variables: from_concrete_functions drops the
     # signature's name, and the converter freezes variables in less memory than constants
     with tempfile.TemporaryDirectory(prefix="tfopt-tflite-") as workdir:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tfopt.errors import ConversionError, first_line
-from tfopt.exporters.base import PRECISION, QUANTIZE_MODES, Exported, ExportOptions
+from tfopt.exporters.base import Exported, ExportOptions
 from tfopt.exporters.onnx.convert import SIDECAR, default_opset, save, to_onnx
 from tfopt.exporters.onnx.convert import unsupported_ops as _tf2onnx_unsupported
 from tfopt.exporters.onnx.graph import opset
@@ -22,6 +22,7 @@ from tfopt.exporters.onnx.runtime import (
 )
 from tfopt.graph import compute_precision
 from tfopt.model import Model
+from tfopt.modes import MODES as QUANTIZE
 
 FORMAT = "onnx"
 FILENAME = "model.onnx"
@@ -30,12 +31,11 @@ COMPANIONS = (SIDECAR,)  # external weights
 DEFAULT = True
 EXTRA = None
 PACKAGES = ("tf2onnx", "onnx", "onnxruntime")
-MODES = frozenset(QUANTIZE_MODES)
+MODES = frozenset(QUANTIZE)
 # TF passes that make the frozen graph convertible; TF's CPU kernels may no longer run it
 PREPARE = ("nudge_fake_quant", "fake_quant_for_onnx", "fused_nms_to_op",
            "combined_nms_per_class_boxes", "inline_xla_calls", "erfc_to_erf", "bfloat16_in_fp32")
 
-INTEGER = ("dynamic", "int8", "int16x8")  # modes whose names outweigh their weights
 RECURRENT = {"LSTM": "native ONNX LSTM (tf2onnx's LSTM rewriter)",
              "GRU": "native ONNX GRU (tfopt's GRU loop rewrite, verified by running both)",
              "RNN": "native ONNX RNN", "Loop": "generic Loop (no native op matched)",
@@ -58,7 +58,7 @@ def export(model: Model, path: Path, options: ExportOptions) -> Exported:
     steps.insert(0, converted)
     recurrent = [{"node": n.name, "op": n.op_type, "conversion": RECURRENT[n.op_type]}
                  for n in proto.graph.node if n.op_type in RECURRENT]
-    precision = PRECISION[options.quantize]
+    precision = QUANTIZE[options.quantize].precision
     if options.quantize != "none" and model.weights:
         raise ConversionError("--quantize with external weights (variables of at least "
                               "--large-weight-bytes) is not supported for ONNX yet; raise "
@@ -75,7 +75,7 @@ def export(model: Model, path: Path, options: ExportOptions) -> Exported:
         proto = onnx.load(str(path))
     for node in proto.graph.node:  # short_names loses the TF names the trace pairs by
         node.doc_string = "\n".join(node.output)
-    proto, named = run_rewrites(proto, QUANTIZED_FINISH if options.quantize in INTEGER
+    proto, named = run_rewrites(proto, QUANTIZED_FINISH if QUANTIZE[options.quantize].integer
                                 else FINISH)
     tensor_names: dict[str, str] = {}
     for node in proto.graph.node:
