@@ -149,3 +149,13 @@ def test_an_output_on_a_fake_quant_grid_may_move_one_step(qat_cnn):
     assert not compare(expected, moved).passed
     twice = [{"logits": expected[0]["logits"] + np.eye(4, 10, dtype=np.float32) * 0.13}]
     assert "one step of the fake-quant grid" in compare(expected, twice, steps=steps).reason
+
+
+@pytest.mark.parametrize("mode", ["fp16", "dynamic"])
+def test_other_modes_keep_the_fake_quants_valid(qat_cnn, tmp_path, mode):
+    import tfopt
+
+    result = tfopt.freeze(qat_cnn, tmp_path / mode, targets=["onnx"], quantize=mode)
+    artifact = result.artifact("onnx")
+    assert result.exit_code == 0 and artifact.parity.passed, artifact.error or \
+        artifact.parity.reason

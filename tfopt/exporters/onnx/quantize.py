@@ -16,6 +16,8 @@ from tfopt.exporters.onnx.runtime import session
 from tfopt.logs import native_stderr_silenced
 
 FP16_MAX = 65504.0
+# a quantization-aware model's pairs: their scales must stay float32 (ONNX takes no other)
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 # the ops whose int8 form saves the work (the rest only move values between them)
 WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
 
@@ -36,13 +38,17 @@ def _fp16(proto: Any, path: Path, options: ExportOptions) -> list[dict]:
     """fp16 weights and compute, fp32 inputs/outputs; nodes whose values overflow fp16 on the
     calibration data, and the nodes reading those values, stay fp32."""
     import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.float16 import (
+        DEFAULT_OP_BLOCK_LIST,
+        convert_float_to_float16,
+    )
 
     # an overflowing node's readers stay fp32 too: a Cast to fp16 before them would overflow
     blocked = float_nodes(proto, set(options.float_layers)
                           | set(_overflowing(proto, options.calibration)))
-    converted = sort_nodes(convert_float_to_float16(proto, keep_io_types=True,
-                                                    node_block_list=blocked or None))
+    converted = sort_nodes(convert_float_to_float16(
+        proto, keep_io_types=True, node_block_list=blocked or None,
+        op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(QDQ_OPS)))
     converted, steps = run_rewrites(converted, ["cast_round_trips"])
     onnx.save(converted, str(path))
     return steps
