@@ -130,3 +130,10 @@ def test_a_target_whose_extra_is_missing_is_a_usage_error(monkeypatch, tmp_path,
     assert main([str(SAMPLE), "-o", str(tmp_path / "out"), "--to", "openvino"]) == 2
     assert "pip install 'tfopt[openvino]'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_auto_tries_only_the_modes_openvino_builds(tmp_path):
+    result = tfopt.freeze(SAMPLE, tmp_path / "auto", targets=["openvino"], quantize="auto",
+                          calibration="random")
+    tried = {t["precision"] for t in result.artifact("openvino").auto["tried"]}
+    assert tried <= {"fp32", "fp16", "int8"} and {"fp32", "fp16"} <= tried, tried

@@ -62,8 +62,8 @@ def choose_precision(fmt: str, model: Model, path: Path, options: ExportOptions,
         baseline = attempt("fp32", "none")
         calibrated = options.calibration is not None
         layer_errors: list[dict] = []
-        for mode in AUTO_ORDER:  # calibrated modes only with calibration data
-            if MODES[mode].calibrated and not calibrated:
+        for mode in AUTO_ORDER:  # the target's modes; calibrated ones with calibration data
+            if mode not in EXPORTERS[fmt].MODES or (MODES[mode].calibrated and not calibrated):
                 continue
             report = attempt(mode, mode)
             if mode == "int8" and report.parity is not None and not report.parity.passed:
