@@ -153,15 +153,28 @@ def fake_quant_steps(graph_def, outputs: Iterable[str]) -> dict[str, float]:
 
 
 def _grid_step(node, nodes: dict) -> float | None:
-    levels = 2 ** (node.attr["num_bits"].i or 8) - 1 - int(node.attr["narrow_range"].b)
+    given = fake_quant_range(node, nodes)
+    if isinstance(given, str):
+        return None
+    num_bits, narrow = fake_quant_attrs(node)
+    low, high = (np.asarray(v, np.float64) for v in given)
+    return float(np.max(high - low)) / (2 ** num_bits - 1 - int(narrow))
+
+
+def fake_quant_range(node, nodes: dict) -> tuple[np.ndarray, np.ndarray] | str:
+    """A fake-quant node's (min, max) as given, or why it cannot be read."""
     if node.op == "FakeQuantWithMinMaxArgs":
-        low, high = node.attr["min"].f, node.attr["max"].f
-    else:
-        ends = [nodes.get(node_name(ref)) for ref in node.input[1:3]]
-        if any(e is None or e.op != "Const" for e in ends):
-            return None
-        low, high = (const_value(e) for e in ends)
-    return float(np.max(np.asarray(high, np.float64) - np.asarray(low, np.float64))) / levels
+        return np.array(node.attr["min"].f, np.float32), np.array(node.attr["max"].f, np.float32)
+    bounds = [nodes.get(node_name(ref)) for ref in node.input[1:3]]
+    if any(b is None or b.op != "Const" for b in bounds):
+        return "its min or max is computed, not a constant"
+    return const_value(bounds[0]), const_value(bounds[1])
+
+
+def fake_quant_attrs(node) -> tuple[int, bool]:
+    """(num_bits, narrow_range) of a fake-quant node."""
+    num_bits = node.attr["num_bits"].i if "num_bits" in node.attr else 8
+    return num_bits, bool(node.attr["narrow_range"].b)
 
 
 # a v1 while loop's back edge: its output feeds a Merge earlier in the loop

@@ -18,12 +18,13 @@ from tfopt.graph import (
     const_node,
     const_value,
     copy_graph,
+    fake_quant_attrs,
     fake_quant_nodes,
+    fake_quant_range,
     node_name,
     unique_name,
 )
 from tfopt.passes.base import PassContext, PassLog, register
-from tfopt.passes.nudge_fake_quant import quant_attrs, range_of
 
 
 @register("fake_quant_for_onnx")
@@ -36,11 +37,11 @@ def fake_quant_for_onnx(graph_def, ctx: PassContext, log: PassLog):
     nodes = {n.name: n for n in out.node}
     taken = set(nodes)
     for node in fake_quant_nodes(out):
-        given = range_of(node, nodes)
+        given = fake_quant_range(node, nodes)
         if isinstance(given, str):
             log.skip(node.name, f"{given}; tf2onnx converts constant ranges only")
             continue
-        num_bits, narrow = quant_attrs(node)
+        num_bits, narrow = fake_quant_attrs(node)
         source = nodes.get(node_name(node.input[0]))
         if source is not None and source.op == "Const":
             value = _fake_quantized(tf, node.op, const_value(source), *given, num_bits, narrow)
@@ -117,7 +118,7 @@ def _quantize_and_dequantize(graph_def, node, value, given, narrow: bool, taken:
 
 def _widen(graph_def, node, given, taken: set[str]) -> None:
     low, high = (np.float32(v) for v in given)
-    step = (high - low) / np.float32(2 ** quant_attrs(node)[0] - 2)
+    step = (high - low) / np.float32(2 ** fake_quant_attrs(node)[0] - 2)
     ends = [add_const(graph_def, unique_name(f"{node.name}/{end}", taken), value)
             for end, value in (("clip_min", low), ("clip_max", high))]
     taken.update(e.name for e in ends)

@@ -18,10 +18,10 @@ import numpy as np
 
 from tfopt.graph import (
     add_const,
-    const_value,
     copy_graph,
+    fake_quant_attrs,
     fake_quant_nodes,
-    node_name,
+    fake_quant_range,
     unique_name,
 )
 from tfopt.passes.base import PassContext, PassLog, register
@@ -53,21 +53,6 @@ def nudged_range(op: str, low, high, num_bits: int, narrow_range: bool
     return ends[0], ends[1]
 
 
-def range_of(node, nodes: dict) -> tuple[np.ndarray, np.ndarray] | str:
-    """A fake-quant node's (min, max) as given, or why it cannot be read."""
-    if node.op == "FakeQuantWithMinMaxArgs":
-        return np.array(node.attr["min"].f, np.float32), np.array(node.attr["max"].f, np.float32)
-    bounds = [nodes.get(node_name(ref)) for ref in node.input[1:3]]
-    if any(b is None or b.op != "Const" for b in bounds):
-        return "its min or max is computed, not a constant"
-    return const_value(bounds[0]), const_value(bounds[1])
-
-
-def quant_attrs(node) -> tuple[int, bool]:
-    num_bits = node.attr["num_bits"].i if "num_bits" in node.attr else 8
-    return num_bits, bool(node.attr["narrow_range"].b)
-
-
 @register("nudge_fake_quant")
 def nudge_fake_quant(graph_def, ctx: PassContext, log: PassLog):
     if not fake_quant_nodes(graph_def):
@@ -76,11 +61,11 @@ def nudge_fake_quant(graph_def, ctx: PassContext, log: PassLog):
     nodes = {n.name: n for n in out.node}
     taken = set(nodes)
     for node in fake_quant_nodes(out):
-        given = range_of(node, nodes)
+        given = fake_quant_range(node, nodes)
         if isinstance(given, str):
             log.skip(node.name, given)
             continue
-        low, high = nudged_range(node.op, *given, *quant_attrs(node))
+        low, high = nudged_range(node.op, *given, *fake_quant_attrs(node))
         if np.array_equal(low, given[0]) and np.array_equal(high, given[1]):
             continue
         if node.op == "FakeQuantWithMinMaxArgs":
