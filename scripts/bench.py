@@ -30,7 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import zoo  # noqa: E402
 
-from tfopt.quantize import median_ms  # noqa: E402
+from tfopt.verification.quantize import median_ms  # noqa: E402
 
 SAMPLES = ("keras_cnn", "lstm_gru")
 THREADS = 2

@@ -98,13 +98,13 @@ def _metrics(report) -> dict:
 
 def measure(name: str, work: Path) -> dict:
     from tfopt.api import prepare
-    from tfopt.artifacts import build_and_check
     from tfopt.exporters import EXPORTERS, ExportOptions
     from tfopt.exporters import prepare as prepare_for
     from tfopt.options import FreezeOptions
-    from tfopt.progress import Progress
-    from tfopt.quantize import layer_sensitivity, ranked_layers
-    from tfopt.resources import Stages
+    from tfopt.reporting.progress import Progress
+    from tfopt.reporting.resources import Stages
+    from tfopt.verification.artifacts import build_and_check
+    from tfopt.verification.quantize import layer_sensitivity, ranked_layers
 
     saved, calibration, evaluation = MODELS[name](work)
     opts = FreezeOptions(quantize="int8", calibration=str(calibration),

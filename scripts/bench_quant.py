@@ -23,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import digits
 
-from tfopt.quantize import median_ms
+from tfopt.verification.quantize import median_ms
 
 MODES = ("none", "fp16", "dynamic", "int8", "int16x8")
 THREADS = 2

@@ -21,7 +21,7 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from tfopt.quantize import median_ms
+from tfopt.verification.quantize import median_ms
 
 THREADS, FEATURES, UNITS = 2, 16, 64
 

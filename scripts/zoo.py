@@ -211,3 +211,37 @@ def outlier_model(path: Path):
     save_serving(model, str(path / "model"))
     np.savez(path / "calibration.npz", x=x[:200])
     return path / "model", path / "calibration.npz"
+
+
+def bert(vocabulary: int = 30522, layers: int = 12, hidden: int = 768, heads: int = 12,
+         intermediate: int = 3072, sequence: int = 128, seed: int = 0):
+    """A BERT encoder as keras_hub's BertBackbone builds it, in plain Keras (nothing to
+    install or download): token, position and segment embeddings, then post-norm blocks of
+    MultiHeadAttention (EinsumDense projections) and a GELU feed-forward, and the pooled
+    first token. Defaults are BERT-base (110 M parameters, 436 MB); random weights."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    ids = keras.Input((sequence,), dtype="int32", name="token_ids")
+    segments = keras.Input((sequence,), dtype="int32", name="segment_ids")
+    mask = keras.Input((sequence,), dtype="int32", name="padding_mask")
+    tokens = keras.layers.Embedding(vocabulary, hidden, name="token_embedding")(ids)
+    positions = keras.layers.Embedding(sequence, hidden, name="position_embedding")(
+        keras.ops.arange(sequence)[None, :])
+    x = tokens + positions + keras.layers.Embedding(2, hidden, name="segment_embedding")(
+        segments)
+    x = keras.layers.LayerNormalization(epsilon=1e-12, name="embeddings_layer_norm")(x)
+    attention_mask = keras.ops.cast(mask[:, None, :], "bool")
+    for i in range(layers):
+        attended = keras.layers.MultiHeadAttention(
+            heads, hidden // heads, name=f"transformer_layer_{i}_attention")(
+            x, x, attention_mask=attention_mask)
+        x = keras.layers.LayerNormalization(epsilon=1e-12, name=f"transformer_layer_{i}_norm1")(
+            x + attended)
+        ff = keras.layers.Dense(intermediate, activation="gelu",
+                                name=f"transformer_layer_{i}_intermediate")(x)
+        ff = keras.layers.Dense(hidden, name=f"transformer_layer_{i}_output")(ff)
+        x = keras.layers.LayerNormalization(epsilon=1e-12, name=f"transformer_layer_{i}_norm2")(
+            x + ff)
+    pooled = keras.layers.Dense(hidden, activation="tanh", name="pooled_dense")(x[:, 0, :])
+    return keras.Model([ids, segments, mask], {"sequence_output": x, "pooled_output": pooled})

@@ -1,8 +1,10 @@
-"""The shape of the code: no import cycles, no module named like a standard-library one, and
-one set of options behind the API, every command and batch manifests."""
+"""The shape of the code: stages layered with no import running up or in a cycle, each
+target's knowledge inside its exporter, no module named like a standard-library one, and one
+set of options behind the API, every command and batch manifests."""
 from __future__ import annotations
 
 import ast
+import inspect
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +62,43 @@ def test_imports_form_no_cycle():
     for module in sorted(graph):
         if module not in state:
             visit(module, [module])
+
+
+def test_no_module_imports_from_a_layer_above_it():
+    # the contracts are pyproject.toml's [tool.importlinter]; import-linter follows imports
+    # inside functions too, which the cycle check above leaves out
+    pytest.importorskip("importlinter")
+    done = subprocess.run([sys.executable, "-c", "import sys; from importlinter.cli import "
+                           "lint_imports; sys.exit(lint_imports(no_cache=True, no_logo=True))"],
+                          cwd=PACKAGE.parent, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+
+
+def test_no_module_outside_the_exporters_names_a_target():
+    from tfopt.exporters import EXPORTERS
+
+    named = {}
+    for path in PACKAGE.rglob("*.py"):
+        if PACKAGE / "exporters" in path.parents:
+            continue
+        tree = ast.parse(path.read_text())
+        formats = {id(s.value) for s in tree.body if isinstance(s, ast.Assign)  # a loader's
+                   and [getattr(n, "id", None) for n in s.targets] == ["FORMAT"]}  # source
+        strings = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant)
+                   and isinstance(node.value, str) and id(node) not in formats}
+        hits = sorted(fmt for fmt in EXPORTERS if fmt in strings)
+        if hits:
+            named[str(path.relative_to(PACKAGE))] = hits
+    assert not named
+    assert not [p for p in PACKAGE.rglob("*.py") if PACKAGE / "exporters" not in p.parents
+                and "openvino" in p.read_text().lower()]
+
+
+def test_the_pipeline_reads_as_named_stages():
+    from tfopt import api
+
+    lines, _ = inspect.getsourcelines(api._run)
+    assert len(lines) <= 40
 
 
 def test_every_module_imports_alone_in_a_fresh_interpreter():

@@ -149,7 +149,7 @@ def test_artifacts_that_cannot_be_paired_are_refused(cnn, artifacts, tmp_path):
                                          r"the model's 'image' is fed \[1, 16, 16, 3\]"):
         tfopt.compare(cnn, [other], tmp_path / "a")
     with pytest.raises(InputError, match=r"variables is not a \.onnx, \.pb, \.tflite, \.xml "
-                                         "file or a SavedModel directory"):
+                                         "file or a directory holding saved_model\\.pb"):
         tfopt.compare(cnn, [cnn / "variables"], tmp_path / "b")
     run = compare_cli(cnn, tmp_path / "missing.onnx", "-o", tmp_path / "c")
     assert run.returncode == 2

@@ -11,7 +11,7 @@ import pytest
 from conftest import save_serving
 
 import tfopt
-from tfopt.loaders import weights as external
+from tfopt.exporters import pb as pb_exporter
 
 THRESHOLD = 100_000  # bytes: the 1000 x 64 embedding (256 kB) is external, the rest inline
 
@@ -75,7 +75,7 @@ def test_a_variable_read_by_resource_gather_becomes_a_gather(tmp_path):
 
 
 def test_pb_says_why_it_cannot_hold_the_weights(embedding_model, tmp_path, monkeypatch):
-    monkeypatch.setattr(external, "PROTOBUF_LIMIT", THRESHOLD)  # the 2 GB wall, scaled down
+    monkeypatch.setattr(pb_exporter, "PROTOBUF_LIMIT", THRESHOLD)  # the 2 GB wall, scaled down
     result = tfopt.freeze(embedding_model, tmp_path / "default", large_weight_bytes=THRESHOLD)
     pb = result.artifact("pb")
     assert pb.status == "skipped" and result.exit_code == 0

@@ -2,6 +2,9 @@
 clamping, and int8 takes the model's own ranges without calibration data."""
 from __future__ import annotations
 
+import platform
+from pathlib import Path
+
 import numpy as np
 import pytest
 from zoo import fake_quant_cnn
@@ -9,7 +12,26 @@ from zoo import fake_quant_cnn
 from tfopt.graph import fake_quant_steps
 from tfopt.passes import PassContext, PassLog
 from tfopt.passes.nudge_fake_quant import nudge_fake_quant
-from tfopt.verify import compare
+from tfopt.verification.checks import compare
+
+
+def _int8_exact_cpu() -> bool:
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return True
+    return any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+# onnxruntime's QLinearConv/QLinearMatMul (what its optimizer makes of QDQ pairs) sum uint8 x
+# int8 products in saturating 16-bit lanes on x86 without VNNI (AVX2 only, e.g. AMD EPYC
+# before Zen 4): the QDQ ONNX lands several grid steps off there, and tfopt reports it as
+# differing; strict, so that a fixed onnxruntime shows here
+onnx_int8_exact = pytest.mark.xfail(
+    not _int8_exact_cpu(), strict=True,
+    reason="onnxruntime's u8s8 kernels saturate on x86 without VNNI: the ONNX differs")
 
 
 @pytest.fixture(scope="module")
@@ -17,6 +39,7 @@ def qat_cnn(tmp_path_factory):
     return fake_quant_cnn(tmp_path_factory.mktemp("qat") / "cnn")
 
 
+@onnx_int8_exact
 def test_fp32_targets_keep_the_fake_quant_rounding(qat_cnn, tmp_path):
     import onnx
 
@@ -38,6 +61,7 @@ def test_fp32_targets_keep_the_fake_quant_rounding(qat_cnn, tmp_path):
     assert tflite.get("QUANTIZE", 0) >= 3, tflite
 
 
+@onnx_int8_exact
 def test_int8_takes_the_models_own_ranges_without_calibration(qat_cnn, tmp_path):
     import tfopt
 
@@ -55,6 +79,7 @@ def test_int8_takes_the_models_own_ranges_without_calibration(qat_cnn, tmp_path)
     assert onnx_steps["fake quants"]["left_float"] == 0
 
 
+@onnx_int8_exact
 def test_calibration_only_quantizes_what_the_model_left_float(tmp_path):
     import onnx
 

@@ -325,7 +325,7 @@ def test_overwrite_replaces_only_what_tfopt_wrote(tmp_path):
 
 
 def test_stale_staging_directories_are_removed(tmp_path):
-    from tfopt.output import remove_stale_staging
+    from tfopt.reporting.output import remove_stale_staging
 
     dead = subprocess.Popen(["true"])
     dead.wait()

@@ -126,7 +126,7 @@ def test_reports_match_the_shipped_json_schema(outputs, tmp_path):
 
     import tfopt
 
-    schema_path = Path(tfopt.__file__).parent / "schemas" / "report.schema.json"
+    schema_path = Path(tfopt.__file__).parent / "reporting" / "schemas" / "report.schema.json"
     schema = json.loads(schema_path.read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
     quantized = tfopt.freeze(SAMPLES / "keras_cnn", tmp_path / "q", targets=["tflite"],

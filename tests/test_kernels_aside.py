@@ -1,6 +1,8 @@
 """Kernels set aside while TF-side tools work: Grappler and tf2onnx see a placeholder in place
-of each large kernel that only a Conv/MatMul reads, and the kernel comes back unchanged
-(for ONNX, with the layout tf2onnx gives a constant kernel)."""
+of each large kernel that only ops next to an activation read (Conv, MatMul, BatchMatMul,
+Einsum, Gather), a kernel that a Reshape/Transpose moves is folded once in numpy (Grappler
+drops the kernel), and the kernel comes back unchanged (for ONNX, with the layout tf2onnx
+gives a constant kernel)."""
 from __future__ import annotations
 
 import numpy as np
@@ -28,10 +30,56 @@ def test_only_kernels_that_convs_and_matmuls_read_are_set_aside():
         with tf.control_dependencies([kernel]):  # a control edge reads no value
             tf.identity(tf.reduce_sum(y) + tf.reduce_sum(table + 1.0), name="y")
 
-    lifted, kernels = set_aside_kernels(build(graph))
-    assert set(kernels) == {"kernel"} and kernels["kernel"].op == "Const"
-    assert {n.name: n.op for n in lifted.node}["kernel"] == "Placeholder"
+    aside = set_aside_kernels(build(graph))
+    assert set(aside.kernels) == {"kernel"} and aside.kernels["kernel"].op == "Const"
+    assert {n.name: n.op for n in aside.graph_def.node}["kernel"] == "Placeholder"
     assert KERNEL_ELEMENTS == 4096
+
+
+def test_gathers_einsums_and_kernels_behind_a_reshape_are_set_aside_too():
+    from test_passes import run_graph
+
+    from tfopt.model import Model, TensorSpec
+    from tfopt.passes import run_pipeline
+
+    rng = np.random.default_rng(0)
+    values = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in
+              (("table", (100, 64)), ("fixed", (100, 64)), ("proj", (64, 64)), ("ek", (64, 64)))}
+
+    def graph():
+        ids = tf.compat.v1.placeholder(tf.int32, [None, 4], name="ids")
+        x = tf.compat.v1.placeholder(tf.float32, [None, 64], name="x")
+        table, fixed, proj, ek = (tf.constant(values[k], name=k) for k in values)
+        gathered = tf.reduce_sum(tf.gather(table, ids), [1])
+        constant_rows = tf.reduce_sum(tf.gather(fixed, [1, 2]), 0)  # a folder folds it
+        moved = tf.reshape(tf.identity(proj), [1, 64, 64], name="moved")
+        projected = tf.squeeze(tf.linalg.matmul(x[:, None, :], moved), 1)
+        mixed = tf.einsum("bi,ij->bj", x, ek)
+        tf.identity(gathered + constant_rows + projected + mixed, name="y")
+
+    graph_def = build(graph)
+    aside = set_aside_kernels(graph_def, fold_layout=True)
+    assert aside.keep == ["ek", "table"] and "fixed" not in aside.kernels
+    assert "proj" in aside.kernels  # only the reshape read it: Grappler drops it
+    nodes = {n.name: n for n in aside.graph_def.node}
+    assert nodes["moved"].op == "Const"
+    assert nodes["proj"].attr["value"].tensor.tensor_shape.dim == []  # a scalar placeholder
+    np.testing.assert_array_equal(tf.make_ndarray(nodes["moved"].attr["value"].tensor),
+                                  values["proj"].reshape(1, 64, 64))
+    unfolded = set_aside_kernels(graph_def)  # no folding unless asked
+    assert unfolded.keep == ["ek", "table"] and "proj" not in unfolded.kernels
+
+    model = Model(graph_def, [TensorSpec("ids", "int32", (None, 4)),
+                              TensorSpec("x", "float32", (None, 64))],
+                  [TensorSpec("y", "float32", (None, 64))])
+    optimized, _ = run_pipeline(model, ["grappler"])
+    ops = {n.name: n.op for n in optimized.graph_def.node}
+    assert ops["moved"] == "Const" and ops["table"] == "Const" and "proj" not in ops
+    assert "Placeholder" not in {op for name, op in ops.items() if name not in ("ids", "x")}
+    feed = {"ids:0": rng.integers(0, 100, (3, 4)).astype(np.int32),
+            "x:0": rng.standard_normal((3, 64)).astype(np.float32)}
+    np.testing.assert_allclose(run_graph(optimized.graph_def, feed, "y:0"),
+                               run_graph(graph_def, feed, "y:0"), rtol=1e-5, atol=1e-5)
 
 
 def test_onnx_kernels_come_back_as_initializers_in_tf2onnx_layout(tmp_path):

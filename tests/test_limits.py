@@ -112,7 +112,7 @@ def test_a_bounded_run_gives_the_same_result_as_an_unbounded_one(tmp_path):
     """Stages, warnings and the result come back from the worker; the output is published."""
     seen = []
 
-    class Record(tfopt.progress.Progress):
+    class Record(tfopt.reporting.progress.Progress):
         def stage(self, name):
             seen.append(name)
             return super().stage(name)

@@ -286,3 +286,39 @@ def test_quantized_weights_store_a_quantized_constant_as_integers():
     assert [c["node"] for c in log.changes] == ["q"]
     assert "no zero point" in log.skipped[0]["reason"]
     same_outputs(before, out, {"x": RNG.standard_normal((3, 3)).astype(np.float32)})
+
+
+def test_the_libraries_run_without_the_kernels_and_get_them_back():
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from tfopt.exporters.onnx.rewrites import run_rewrites
+    from tfopt.exporters.onnx.rewrites.registry import kernels_as_inputs
+
+    rng = np.random.default_rng(0)
+    kernel = numpy_helper.from_array(rng.standard_normal((64, 128)).astype(np.float32), "W")
+    folded = numpy_helper.from_array(rng.standard_normal((64, 128)).astype(np.float32), "F")
+    bias = numpy_helper.from_array(rng.standard_normal(128).astype(np.float32), "b")
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 64])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 128])
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["m"]),
+             helper.make_node("Identity", ["F"], ["f"]),  # a constant path: folders fold it
+             helper.make_node("ReduceSum", ["f"], ["s"], keepdims=0),
+             helper.make_node("Add", ["m", "b"], ["a"]), helper.make_node("Add", ["a", "s"], ["y"])]
+    proto = helper.make_model(helper.make_graph(nodes, "g", [x], [y], [kernel, folded, bias]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    view, aside = kernels_as_inputs(proto)
+    assert list(aside) == ["W"] and [i.name for i in view.graph.input] == ["x", "W"]
+    assert {t.name for t in view.graph.initializer} == {"F", "b"}
+    out, steps = run_rewrites(proto, ("onnxslim",))
+    assert "error" not in steps[0], steps
+    assert [i.name for i in out.graph.input] == ["x"]
+    weights = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
+    np.testing.assert_array_equal(weights["W"], numpy_helper.to_array(kernel))
+    import onnxruntime
+
+    feed = {"x": rng.standard_normal((1, 64)).astype(np.float32)}
+    before = onnxruntime.InferenceSession(proto.SerializeToString()).run(None, feed)[0]
+    after = onnxruntime.InferenceSession(out.SerializeToString()).run(None, feed)[0]
+    np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)

@@ -137,3 +137,24 @@ def test_auto_tries_only_the_modes_openvino_builds(tmp_path):
                           calibration="random")
     tried = {t["precision"] for t in result.artifact("openvino").auto["tried"]}
     assert tried <= {"fp32", "fp16", "int8"} and {"fp32", "fp16"} <= tried, tried
+
+
+def test_weights_kept_outside_the_graph_become_constants_of_the_ir(tmp_path):
+    import keras
+    from conftest import save_serving
+
+    keras.utils.set_random_seed(0)
+    ids = keras.Input((6,), dtype="int32", name="ids")
+    hidden = keras.layers.Embedding(1000, 64, name="embedding")(ids)
+    save_serving(keras.Model(ids, keras.layers.Dense(4)(
+        keras.layers.GlobalAveragePooling1D()(hidden))), str(tmp_path / "embedding"))
+    result = tfopt.freeze(tmp_path / "embedding", tmp_path / "out", targets=["openvino"],
+                          large_weight_bytes=100_000)  # the 256 kB embedding stays external
+    ir = result.artifact("openvino")
+    assert result.frozen.external_weight_bytes == 1000 * 64 * 4
+    assert result.exit_code == 0 and ir.parity.passed, ir.error
+    assert (tmp_path / "out" / "model.bin").stat().st_size > 1000 * 64 * 4
+    import openvino
+
+    read = openvino.Core().read_model(tmp_path / "out" / "model.xml")
+    assert [sorted(p.output(0).get_names()) for p in read.get_parameters()] == [["ids"]]

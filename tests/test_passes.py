@@ -8,9 +8,9 @@ import pytest
 import tensorflow as tf
 
 from tfopt.graph import bypass_nodes
+from tfopt.memory import older_objects_frozen
 from tfopt.model import Model, TensorSpec
 from tfopt.passes import REGISTRY, PassContext, PassLog, run_pipeline
-from tfopt.resources import older_objects_frozen
 
 
 def build(fn):

@@ -13,10 +13,10 @@ from conftest import save_serving
 from zoo import outlier_model
 
 from tfopt.commands import main
-from tfopt.data import read_feeds
 from tfopt.errors import UsageError
 from tfopt.model import TensorSpec
-from tfopt.quantize import LATENCY_SLACK
+from tfopt.verification.data import read_feeds
+from tfopt.verification.quantize import LATENCY_SLACK
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +240,7 @@ def test_onnx_fp16_keeps_overflowing_nodes_in_fp32(tmp_path):
 def test_fallback_keeps_a_whole_layer_and_the_reshape_after_it_in_float():
     import tensorflow as tf
 
-    from tfopt.quantize import ranked_layers
+    from tfopt.verification.quantize import ranked_layers
 
     graph = tf.Graph()
     with graph.as_default():

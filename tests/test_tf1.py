@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -299,3 +300,25 @@ def test_candidates_skip_training_only_nodes(built):
     graph_def = built["v2"][0].as_graph_def()
     assert candidate_outputs(graph_def) == ["probs", "loss"]
     assert classify(next(n for n in graph_def.node if n.name == "loss")) is None
+
+
+def test_large_weight_bytes_says_it_does_not_apply_to_a_tf1_graph(iterator_pb, tmp_path):
+    import tfopt
+
+    path, _ = iterator_pb
+    cut = ["IteratorGetNext:0:float32:1,8,8,1"]
+    with pytest.warns(UserWarning, match="--large-weight-bytes applies to TF2"):
+        result = tfopt.freeze(path, tmp_path / "out", targets=["pb"], inputs=cut,
+                              large_weight_bytes=1024)
+    assert result.exit_code == 0
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="--large-weight-bytes")
+        assert tfopt.freeze(path, tmp_path / "default", targets=["pb"],
+                            inputs=cut).exit_code == 0
+
+
+def test_inspect_validates_its_options(built):
+    from tfopt.inspection import inspect
+
+    with pytest.raises(UsageError, match="--opset 3"):
+        inspect(built["v1"][4], opset=3)

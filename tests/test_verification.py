@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tfopt import compat
-from tfopt.verify import compare, noise_floor
+from tfopt.verification.checks import compare, noise_floor
 
 RNG = np.random.default_rng(0)
 
@@ -51,7 +51,7 @@ def test_integer_outputs_must_be_equal():
 
 
 def test_budget_failure_names_the_criterion_and_its_flag():
-    from tfopt.verify import BUDGETS
+    from tfopt.verification.checks import BUDGETS
 
     expected = [{"p": np.eye(10, dtype=np.float32)[[i % 10]]} for i in range(20)]
     actual = [{"p": np.eye(10, dtype=np.float32)[[(i + 1) % 10]]} for i in range(20)]

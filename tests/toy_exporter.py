@@ -59,13 +59,17 @@ def runner(path: Path, model):
 
 
 def trace(path: Path, feed: dict, signature=None) -> dict:
-    from tfopt.divergence import TraceUnavailable
+    from tfopt.errors import TraceUnavailable
 
     raise TraceUnavailable("the toy keeps no intermediate tensors")
 
 
 def describe(path: Path, model) -> dict[str, int]:
     return dict(Counter(n["op"] for n in _nodes(path) if n["op"] not in _STRUCTURE))
+
+
+def check_options(options) -> None:
+    """The toy reads no option."""
 
 
 def unsupported_ops(model, options) -> list[str]:

@@ -4,7 +4,7 @@
     result = tfopt.freeze("saved_models/keras_cnn", "out/keras_cnn")
     print(result.summary()); assert result.exit_code == 0
 """
-__version__ = "0.2.0"
+from tfopt.version import __version__
 
 __all__ = ["FreezeOptions", "FreezeResult", "__version__", "compare", "freeze"]
 
@@ -21,6 +21,6 @@ def __getattr__(name):
         from tfopt.options import FreezeOptions
         return FreezeOptions
     if name == "FreezeResult":
-        from tfopt.report import FreezeResult
+        from tfopt.results import FreezeResult
         return FreezeResult
     raise AttributeError(f"module 'tfopt' has no attribute {name!r}")

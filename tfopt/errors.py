@@ -46,3 +46,7 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
         if cause is not None:
             return f"{lines[0].rstrip()} {cause.strip()}"[:limit]
     return lines[0][:limit]
+
+
+class TraceUnavailable(Exception):
+    """An artifact whose intermediate tensors cannot be read (said, not failed)."""

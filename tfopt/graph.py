@@ -1,12 +1,15 @@
 """Small helpers over tf.compat.v1.GraphDef: name parsing, consumer maps and rewiring.
 
-Everything here is linear in the graph size; passes build on it.
+Everything here is linear in the graph size; passes build on it. The last helpers run a
+graph (every float tensor, for traces) and keep the garbage collector off TF's objects.
 """
 from __future__ import annotations
 
 import functools
 from collections import Counter, defaultdict
-from collections.abc import Callable, Container, Iterable
+from collections.abc import Callable, Container, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -105,6 +108,7 @@ FORWARDING_OPS = frozenset({"Identity", "RefIdentity", "Snapshot", "StopGradient
 
 DT_FLOAT, DT_INT32, DT_STRING, DT_INT64, DT_RESOURCE = 1, 3, 7, 9, 20  # DataType enums
 DT_BFLOAT16, DT_HALF = 14, 19
+PROTOBUF_LIMIT = (2 << 30) - 1  # bytes: a serialized message larger than this cannot be read
 FLOAT_TYPES = frozenset({1, 2, 14, 19})  # DataType enums: float32, float64, bfloat16, float16
 # ops whose precision is the model's compute precision (Keras' mixed policies lower them)
 COMPUTE_OPS = frozenset({"Conv2D", "Conv3D", "DepthwiseConv2dNative", "MatMul", "BatchMatMul",
@@ -503,30 +507,121 @@ def inline_constants(graph_def, values: dict) -> None:
             set_const_value(node, values[node.name])
 
 
-# ops that read a weight next to an activation: no constant folder can fold them, so a
-# kernel that only they read can be a placeholder while TF-side tools (Grappler, tf2onnx)
-# work on the graph, and be put back after
+# ops that read a weight next to an activation: no constant folder can fold them while an
+# activation is among their inputs, so a kernel that only they read can be a placeholder
+# while TF-side tools (Grappler, tf2onnx) work on the graph, and be put back after
 KERNEL_READERS = frozenset({"Conv2D", "Conv3D", "DepthwiseConv2dNative", "MatMul",
-                            "BatchMatMulV2", "BatchMatMulV3", "Conv2DBackpropInput"})
+                            "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3",
+                            "Conv2DBackpropInput", "Einsum", "GatherV2", "ResourceGather"})
+# ops that only move a kernel's values: what a constant folder computes from a kernel before
+# a reader (Keras' EinsumDense reshapes its kernel for BatchMatMulV2), computed here in numpy
+LAYOUT_OPS: dict[str, Callable[[np.ndarray, Any, list], np.ndarray]] = {
+    "Reshape": lambda v, node, params: v.reshape(params[0]),
+    "Transpose": lambda v, node, params: v.transpose(params[0]),
+    "ExpandDims": lambda v, node, params: np.expand_dims(v, int(params[0])),
+    "Squeeze": lambda v, node, params: np.squeeze(
+        v, tuple(node.attr["squeeze_dims"].list.i) or None)}
 KERNEL_ELEMENTS = 4096
 
 
-def set_aside_kernels(graph_def, copy: bool = True) -> tuple:
-    """without_large_constants for the float Consts of at least KERNEL_ELEMENTS that only
-    KERNEL_READERS read (through Identity; control edges read no value). copy=False: the
-    graph itself when there is none (for a caller that changes nothing in it)."""
-    readers: dict[str, list] = {}  # built for the first large constant
+@dataclass
+class SetAside:
+    """A graph whose kernels are placeholders: each kernel's Const by name, to put back
+    where the graph still has it, and the names a pass must keep."""
 
-    def kernel_readers_only(name: str) -> bool:
+    graph_def: Any
+    kernels: dict[str, Any]
+    keep: list[str]
+
+    def put_back(self, graph_def) -> None:
+        """The kernels as constants again, in place; a kernel nothing reads any more (it
+        only fed a folded layout op) is dropped."""
+        read = {node_name(i) for node in graph_def.node for i in node.input}
+        keep = set(self.keep)
+        kept = [node for node in graph_def.node if node.name in read
+                or node.name not in self.kernels or node.name in keep]
+        if len(kept) < len(graph_def.node):
+            del graph_def.node[:]
+            graph_def.node.extend(kept)
+        for node in graph_def.node:
+            if node.name in self.kernels and node.op == "Placeholder":
+                node.CopyFrom(self.kernels[node.name])
+
+
+def set_aside_kernels(graph_def, copy: bool = True, fold_layout: bool = False) -> SetAside:
+    """without_large_constants for the float Consts of at least KERNEL_ELEMENTS that only
+    KERNEL_READERS read next to an activation (through Identity; control edges read no
+    value). fold_layout: the layout ops (LAYOUT_OPS) that only move such a kernel are folded
+    here once, as a constant folder would fold them: a Const of the layout op's name, left in
+    the graph (Grappler's bias push-down wants a constant BatchMatMul operand), and the
+    kernel only they read a scalar that Grappler drops (not in `keep`). copy=False: the
+    graph itself when nothing is set aside (for a caller that changes nothing in it)."""
+    readers: dict[str, list] = {}  # built for the first large constant
+    nodes: dict[str, Any] = {}
+    uses: dict[str, str | None] = {}
+    folded: dict[str, Any] = {}  # layout op name -> its folded Const
+
+    def data_readers(name: str) -> list:
         if not readers:
             readers.update(consumers(graph_def))
-        found = [r for r in readers.get(name, [])
-                 if any(node_name(i) == name and not is_control(i) for i in r.input)]
-        return bool(found) and all(
-            kernel_readers_only(r.name) if r.op == "Identity" else r.op in KERNEL_READERS
-            for r in found)
+            nodes.update((n.name, n) for n in graph_def.node)
+        return [r for r in readers.get(name, [])
+                if any(node_name(i) == name and not is_control(i) for i in r.input)]
 
-    return without_large_constants(graph_def, KERNEL_ELEMENTS, kernel_readers_only, copy)
+    def constant(ref: str) -> Any:
+        node = nodes.get(node_name(ref))
+        while node is not None and node.op == "Identity":
+            node = nodes.get(node_name(node.input[0]))
+        return node if node is not None and node.op == "Const" else None
+
+    def use(name: str) -> str | None:
+        """How a kernel's value is read: "read" by a kernel reader, "folded" only into
+        layout ops folded here, or None (another reader: it stays a constant)."""
+        if name not in uses:
+            uses[name] = None  # while it is looked at: a loop back to it is another reader
+            found, seen = data_readers(name), set()
+            for reader in found:
+                if reader.op == "Identity":
+                    seen.add(use(reader.name))
+                elif reader.op in KERNEL_READERS and any(
+                        node_name(i) != name and not is_control(i) and constant(i) is None
+                        for i in reader.input):
+                    seen.add("read")
+                else:
+                    seen.add("folded" if fold(reader, name) else None)
+            uses[name] = None if not found or None in seen else \
+                "read" if "read" in seen else "folded"
+        return uses[name]
+
+    def fold(reader: Any, name: str) -> bool:
+        if not fold_layout or reader.op not in LAYOUT_OPS:
+            return False
+        params = [constant(i) for i in reader.input[1:] if not is_control(i)]
+        if None in params or use(reader.name) is None:
+            return False
+        value = LAYOUT_OPS[reader.op](const_value(constant(name)), reader,
+                                      [const_value(p) for p in params])
+        folded[reader.name] = const_node(reader.name, np.ascontiguousarray(value))
+        folded[reader.name].device = reader.device
+        return True
+
+    out, kernels = without_large_constants(graph_def, KERNEL_ELEMENTS,
+                                           lambda name: use(name) is not None, copy)
+    if not folded:
+        return SetAside(out, kernels, sorted(kernels))
+    if out is graph_def:
+        out = copy_graph(graph_def)
+    for node in out.node:
+        if node.name in folded:
+            node.CopyFrom(folded[node.name])
+        elif uses.get(node.name) == "folded" and node.op == "Placeholder":
+            # a kernel only folded layout ops read: a scalar constant, which a folder drops
+            # with the identities and control edges on it, as it drops a folded kernel
+            import tensorflow as tf
+
+            dtype = tf.as_dtype(node.attr["dtype"].type).as_numpy_dtype
+            node.CopyFrom(const_node(node.name, np.zeros((), dtype)))
+    return SetAside(out, kernels, sorted(name for name in kernels if uses.get(name) != "folded"))
 
 
 def hide_shapes(graph_def, names) -> dict:
@@ -554,3 +649,40 @@ def plain_session(graph):
         rewrite_options=rewriter_config_pb2.RewriterConfig(disable_meta_optimizer=True),
         optimizer_options=config_pb2.OptimizerOptions(opt_level=config_pb2.OptimizerOptions.L0))
     return tf.compat.v1.Session(graph=graph, config=config_pb2.ConfigProto(graph_options=options))
+
+
+NOT_TRACED = frozenset({"Const", "Placeholder", "PlaceholderWithDefault", "NoOp", "Switch",
+                         "Merge", "Enter", "Exit", "NextIteration", "LoopCond", "RefSwitch",
+                         "RefMerge", "RefEnter", "RefExit"})
+
+
+def graph_tensors(graph_def: Any, feed: Mapping[str, np.ndarray],
+                  weights: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Every float tensor of a GraphDef's main graph on one feed (placeholders by node name),
+    by tensor name `node:k`."""
+    graph = imported(graph_def)
+    fetches = [t for op in graph.get_operations() if op.type not in NOT_TRACED
+               for t in op.outputs if t.dtype.is_floating]
+    values = {f"{k}:0": v for k, v in feed.items()}
+    values.update({f"{k}:0": v for k, v in (weights or {}).items()})
+    with plain_session(graph) as session:
+        results = session.run(fetches, values)
+    return {t.name: np.asarray(v) for t, v in zip(fetches, results)}
+
+
+def table_contents(graph_def: Any, find: Any) -> tuple[Any, Any] | None:
+    """(keys, values) of the constant table a LookupTableFindV2 reads, or None."""
+    nodes = {n.name: n for n in graph_def.node}
+    table = nodes.get(node_name(find.input[0]))
+    while table is not None and table.op in FORWARDING_OPS:
+        table = nodes.get(node_name(table.input[0]))
+    if table is None or table.op != "HashTableV2":
+        return None
+    importer = next((n for n in graph_def.node if n.op == "LookupTableImportV2"
+                     and node_name(n.input[0]) == table.name), None)
+    if importer is None:
+        return None
+    keys, values = (nodes.get(node_name(importer.input[i])) for i in (1, 2))
+    if keys is None or values is None or keys.op != "Const" or values.op != "Const":
+        return None
+    return const_value(keys), const_value(values)

@@ -22,7 +22,7 @@ def inspect(src: str | os.PathLike, options: FreezeOptions | None = None,
     from dataclasses import replace
 
     from tfopt.categories import CATEGORIES, classify
-    from tfopt.exporters import EXPORTERS, ExportOptions, missing_extra, prepare
+    from tfopt.exporters import EXPORTERS, missing_extra, prepare
     from tfopt.loaders import LOADERS, detect_format, load
     from tfopt.loaders.base import graph_stats
     from tfopt.loaders.tf1 import candidate_outputs, cut_hint, input_sources
@@ -31,7 +31,7 @@ def inspect(src: str | os.PathLike, options: FreezeOptions | None = None,
 
     compat.check_tensorflow()
 
-    opts = replace(options or FreezeOptions(), **overrides)
+    opts = replace(options or FreezeOptions(), **overrides).validate()
     path = Path(src)
     fmt = detect_format(path)
     load_options = opts.load_options()
@@ -67,7 +67,7 @@ def inspect(src: str | os.PathLike, options: FreezeOptions | None = None,
     except TfoptError as exc:  # e.g. outputs still to be chosen: the rest stands
         report["note"] = f"not frozen, so no target check: {exc}"
         return report
-    export = ExportOptions(opset=opts.opset)
+    export = opts.export_options()
     report["unsupported_ops"] = {fmt: module.unsupported_ops(prepare(fmt, model)[0], export)
                                  for fmt, module in EXPORTERS.items()
                                  if not missing_extra(fmt)}

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from tfopt.errors import EXIT_LIMIT, TfoptError
-from tfopt.progress import Progress
+from tfopt.reporting.progress import Progress
 
 DEFAULT_TIMEOUT = 3600.0  # seconds: the command line's limit per run (and per batch model)
 MEMORY_SHARE = 0.9  # the command line's default --max-memory: this share of what is available

@@ -1,12 +1,15 @@
 """The one in-memory model type that loaders produce, passes transform and exporters consume."""
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from tfopt.graph import copy_graph
+from tfopt.memory import return_freed_memory
 
 SEQUENCE_LENGTH, SPATIAL_SIZE = 16, 32  # unknown dims of drawn inputs
 # the second sizes (spatial, sequence) an input with unknown non-batch dims is verified at,
@@ -14,6 +17,9 @@ SEQUENCE_LENGTH, SPATIAL_SIZE = 16, 32  # unknown dims of drawn inputs
 # size, a transposed pair); then multiples of 16 for nets that halve and double (U-Nets)
 SECOND_SIZES = (((29, 37), 11), ((48, 64), 24))
 
+
+
+SERVING_SIGNATURE = "serving_default"  # the signature TF and Keras export by default
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -78,7 +84,7 @@ class Model:
     graph_def: Any  # tf.compat.v1.GraphDef
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
-    signature: str = "serving_default"
+    signature: str = SERVING_SIGNATURE
     meta: dict = field(default_factory=dict)  # "variables": the live tf.Variable of a weight
     weights: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -99,6 +105,10 @@ class Model:
 
     def with_graph(self, graph_def) -> Model:
         return replace(self, graph_def=graph_def)
+
+    def load(self) -> Model:
+        """The model in memory: itself (a Spilled one reads its graph back)."""
+        return self
 
     def with_input_shapes(self, shapes: dict[str, tuple[int, ...]]) -> Model:
         """A copy whose named inputs have these static shapes, in the graph and the signature."""
@@ -133,3 +143,63 @@ def random_feeds(inputs: list[TensorSpec], shapes: dict[str, tuple[int, ...]],
                 feed[spec.name] = np.full(shape, b"tfopt", dtype=object)
         feeds.append(feed)
     return feeds
+
+
+@dataclass
+class Spilled:
+    """A model whose GraphDef waits in an anonymous temporary file (gone with the process)
+    until something reads it: the frozen graph before the passes, which only a trace needs,
+    would otherwise hold a copy of the weights through every export."""
+
+    model: Model  # its graph emptied
+    file: Any = None  # the serialized GraphDef; None: kept in memory (past protobuf's 2 GB)
+
+    @classmethod
+    def of(cls, model: Model) -> Spilled:
+        import tempfile
+        import weakref
+
+        from tfopt.graph import PROTOBUF_LIMIT, empty_like
+
+        if model.graph_def.ByteSize() > PROTOBUF_LIMIT:
+            return cls(model)
+        handle = None
+        try:  # unlinked at once: nothing of it shows in the file system
+            handle = tempfile.TemporaryFile(prefix="tfopt-graph-")  # noqa: SIM115 (lives on)
+            handle.write(model.graph_def.SerializeToString())
+        except OSError:  # no room, or a file size limit: it stays in memory
+            if handle is not None:
+                handle.close()
+            return cls(model)
+        spilled = cls(model.with_graph(empty_like(model.graph_def)), handle)
+        weakref.finalize(spilled, handle.close)  # closed with it, or at exit
+        return spilled
+
+    def load(self) -> Model:
+        if self.file is None:
+            return self.model
+        self.file.seek(0)
+        graph_def = type(self.model.graph_def)()
+        graph_def.ParseFromString(self.file.read())
+        return self.model.with_graph(graph_def)
+
+
+@contextlib.contextmanager
+def graphs_paged_out(*models: Model) -> Iterator[None]:
+    """These models' GraphDefs in temporary files, and their memory handed back, while a
+    converter that reads only what was written to disk runs (the TFLite converter reads a
+    SavedModel): the process would otherwise hold the weights once more through its peak.
+    Back in place afterwards, whatever happens."""
+    paged = {}
+    for model in models:
+        if id(model) not in paged:
+            spilled = Spilled.of(model)
+            if spilled.file is not None:
+                paged[id(model)] = (model, spilled)
+                model.graph_def = spilled.model.graph_def
+    return_freed_memory()
+    try:
+        yield
+    finally:
+        for model, spilled in paged.values():
+            model.graph_def = spilled.load().graph_def

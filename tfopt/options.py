@@ -9,16 +9,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
+import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
-from tfopt.data import check_source
-from tfopt.errors import UsageError
-from tfopt.exporters import EXPORTERS, missing_extra
+from tfopt.errors import UsageError, first_line
+from tfopt.exporters import EXPORTERS, ExportOptions, missing_extra
 from tfopt.limits import DEFAULT_TIMEOUT, MAX_CALL_DEPTH, MAX_NODES, MEMORY_SHARE, parse_size
 from tfopt.loaders.weights import LARGE_WEIGHT_BYTES
+from tfopt.model import SERVING_SIGNATURE
 from tfopt.modes import MODES
 from tfopt.passes import DEFAULT_PIPELINE, REGISTRY
 
@@ -29,6 +32,7 @@ TARGETS = tuple(EXPORTERS)
 DEFAULT_TARGETS = tuple(name for name, exporter in EXPORTERS.items() if exporter.DEFAULT)
 QUANTIZE_CHOICES = tuple(MODES) + ("auto",)
 OBJECTIVES = ("size", "latency")
+RANDOM = "random"  # a data source: feeds drawn at random
 
 # flag groups: SOURCE flags choose what is frozen (every command takes them); the others
 # shape a conversion (tfopt and tfopt batch)
@@ -112,7 +116,7 @@ class FreezeOptions:
         f"comma-separated targets (default {','.join(DEFAULT_TARGETS)}; also "
         f"{','.join(t for t in TARGETS if t not in DEFAULT_TARGETS)})", OUTPUT, flag="--to",
         parse=comma_list, aliases=("to",)))
-    signature: str = _opt("serving_default", Flag("SavedModel signature to freeze", SOURCE))
+    signature: str = _opt(SERVING_SIGNATURE, Flag("SavedModel signature to freeze", SOURCE))
     tags: tuple[str, ...] | None = _opt(None, Flag(
         "comma-separated MetaGraph tag set (default: serve)", SOURCE, flag="--tag",
         parse=comma_list))
@@ -267,11 +271,8 @@ class FreezeOptions:
         missing = next(filter(None, map(missing_extra, targets)), None)
         if missing:
             raise UsageError(missing)
-        if self.opset is not None and "onnx" in targets:
-            low, high = opset_range()
-            if not low <= self.opset <= high:
-                raise UsageError(f"--opset {self.opset} is outside what tf2onnx and the "
-                                 f"installed onnxruntime support ({low}..{high})")
+        for fmt in targets:
+            EXPORTERS[fmt].check_options(self.export_options())
         for flag, source in (("--data", self.data), ("--calibration", self.calibration),
                              ("--eval", self.eval_data)):
             check_source(source, flag)
@@ -281,6 +282,11 @@ class FreezeOptions:
     def bounded(self) -> bool:
         """Whether the run goes to a supervised worker process (tfopt/limits.py)."""
         return bool(self.timeout) or bool(self.max_memory)
+
+    def export_options(self, calibration: list[dict] | None = None) -> ExportOptions:
+        """What every exporter reads; calibration: the --calibration feeds, once read."""
+        return ExportOptions(opset=self.opset, quantize=self.quantize, calibration=calibration,
+                             int8_io=self.int8_io)
 
     def load_options(self) -> LoadOptions:
         from tfopt.loaders.base import LoadOptions
@@ -330,12 +336,50 @@ def _check_number(name: str, value: Any, low: float | None, high: float | None) 
         raise UsageError(f"{flag} {value}: must be {bounds}")
 
 
-def opset_range() -> tuple[int, int]:
-    """The ONNX opsets tfopt can write: from 7 (tf2onnx's README: 6-13 should work, 14-18
-    are tested) to the highest that tf2onnx and the installed onnxruntime both take."""
-    from tfopt.exporters.onnx.convert import default_opset
+def check_source(source: object, flag: str) -> None:
+    """Refuse a data source that cannot be read, before the model is loaded: a missing path,
+    an .npz that is not a zip archive, arrays of pickled Python objects."""
+    if source is None or isinstance(source, Mapping) or source == RANDOM:
+        return
+    text = os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
+    if text is None:
+        raise UsageError(f"{flag} must be a path, module:function, a dict of arrays or random")
+    path = Path(text)
+    if not path.exists():
+        if ":" in text and not text.startswith(("/", ".")):
+            return  # module:function, imported when the data is read
+        raise UsageError(f"{flag} {path} does not exist; pass an .npz keyed by input name, a "
+                         "directory of .npy files or images, module:function, or random")
+    if path.is_file() and path.suffix == ".npz":
+        if not zipfile.is_zipfile(path):
+            raise UsageError(f"{flag} {path} is not an .npz archive; write it with "
+                             "numpy.savez(path, name=array, ...)")
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.namelist():
+                with archive.open(member) as handle:
+                    _check_npy(handle, f"{path}:{member}", flag)
+    elif path.is_dir():
+        for file in sorted(path.glob("*.npy")):
+            with open(file, "rb") as handle:
+                _check_npy(handle, str(file), flag)
+    elif path.is_file():
+        raise UsageError(f"{flag} {path} is not data tfopt reads; pass an .npz keyed by input "
+                         "name, a directory of .npy files or images, module:function, or random")
 
-    return 7, default_opset()
+
+def _check_npy(handle: IO[bytes], where: str, flag: str) -> None:
+    import numpy as np
+
+    try:  # the header only: reading the array could unpickle
+        version = np.lib.format.read_magic(handle)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+            np.lib.format.read_array_header_2_0
+        dtype = read_header(handle)[2]
+    except ValueError as exc:
+        raise UsageError(f"{flag} {where} is not a .npy array: {first_line(exc)}") from exc
+    if dtype.hasobject:
+        raise UsageError(f"{flag} {where} holds Python objects (pickled data), which tfopt "
+                         "never unpickles; save numeric or string arrays")
 
 
 def option_fields() -> list:

@@ -22,7 +22,7 @@ from tfopt.batch.summary import BatchProgress, write_summary
 from tfopt.errors import EXIT_SOME_FAILED
 from tfopt.files import path_bytes
 from tfopt.options import FreezeOptions
-from tfopt.output import remove_stale_staging
+from tfopt.reporting.output import remove_stale_staging
 
 
 @dataclass

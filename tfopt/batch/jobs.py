@@ -128,7 +128,7 @@ LIMIT_FIELDS = ("timeout", "max_memory", "max_nodes", "max_call_depth")
 
 def content_key(job: Job) -> str:
     """sha256 of the source's files (names and bytes), the options and the tfopt version."""
-    from tfopt import __version__
+    from tfopt.version import __version__
 
     digest = hashlib.sha256(__version__.encode())
     shaping = {k: v for k, v in job.options.items() if k not in LIMIT_FIELDS}  # not outputs

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from tfopt.pages import write_summary_page
-from tfopt.report import library_versions
+from tfopt.reporting.pages import write_summary_page
+from tfopt.reporting.write import library_versions
 
 SUMMARY_COLUMNS = ("model", "target", "status", "cause", "error", "bytes", "nodes", "parity",
                    "max_abs_err", "precision", "seconds", "skipped")

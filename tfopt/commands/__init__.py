@@ -18,7 +18,7 @@ COMMANDS = {"freeze": freeze, "compare": compare, "inspect": inspect_model, "bat
 
 
 def parser() -> argparse.ArgumentParser:
-    from tfopt import __version__
+    from tfopt.version import __version__
 
     top = Parser(
         prog="tfopt", epilog=EXIT_CODES,

@@ -114,7 +114,7 @@ def run_model(args: argparse.Namespace, options: dict[str, Any],
     import functools
 
     from tfopt.logs import quiet_libraries, quiet_python
-    from tfopt.report import WRITTEN
+    from tfopt.results import WRITTEN
 
     if options["timeout"] or options["max_memory"]:  # the libraries load in the worker
         quiet_python(args.debug)
@@ -122,7 +122,7 @@ def run_model(args: argparse.Namespace, options: dict[str, Any],
         quiet_libraries(args.debug)
 
     def run():
-        from tfopt.progress import for_terminal
+        from tfopt.reporting.progress import for_terminal
 
         return call(progress=for_terminal(args.quiet or args.json),
                     setup=functools.partial(quiet_libraries, args.debug), **options)

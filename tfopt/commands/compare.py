@@ -4,18 +4,16 @@ from __future__ import annotations
 import argparse
 
 from tfopt.commands.common import EXIT_CODES, given_options, option_parser, run_model
-from tfopt.exporters import EXPORTERS
 from tfopt.limits import command_line_defaults
 from tfopt.options import LIMITS, VERIFY
+from tfopt.verification.pairing import artifact_kinds
 
 
 def add_parser(commands, parents: list[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "compare", parents=parents + [option_parser((VERIFY, LIMITS))], epilog=EXIT_CODES,
         help="verify existing artifacts (any tool's) against their source model",
-        description="Run the source model and each artifact (a "
-                    f"{', '.join(sorted(e.SUFFIX for e in EXPORTERS.values() if e.SUFFIX))} "
-                    "file or a SavedModel directory; made "
+        description=f"Run the source model and each artifact ({artifact_kinds()}; made "
                     "by tfopt or any other tool) on the same "
                     "inputs, with the rules of a conversion, and write report.json and "
                     "report.html. Inputs and outputs pair by name, then by position; a "

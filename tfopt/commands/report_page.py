@@ -22,7 +22,7 @@ def add_parser(commands, parents: list[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     def write() -> list[Path]:
-        from tfopt.pages import write_report, write_summary_page
+        from tfopt.reporting.pages import write_report, write_summary_page
 
         out = Path(args.out)
         pages = []

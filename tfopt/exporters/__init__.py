@@ -7,7 +7,8 @@ from dataclasses import replace
 from tfopt.exporters import onnx, openvino, pb, saved_model, tflite
 from tfopt.exporters.base import Exported, Exporter, ExportOptions
 from tfopt.model import Model
-from tfopt.passes import PassReport, run_pipeline
+from tfopt.passes import run_pipeline
+from tfopt.results import PassReport
 
 EXPORTERS: dict[str, Exporter] = {module.FORMAT: module
                                   for module in (onnx, tflite, pb, saved_model, openvino)}

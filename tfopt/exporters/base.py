@@ -65,7 +65,9 @@ class Exporter(Protocol):
 
     FORMAT: str  # the target name (--to)
     FILENAME: str  # the artifact's name in OUT
-    SUFFIX: str | None  # how tfopt compare recognizes such an artifact (None: a directory)
+    # how tfopt compare recognizes such an artifact: a file's suffix (".onnx"), or a file a
+    # directory artifact holds ("saved_model.pb")
+    SUFFIX: str
     COMPANIONS: tuple[str, ...]  # files written beside a file artifact (files.companion)
     DEFAULT: bool  # converted without --to
     EXTRA: tuple[str, str] | None  # (module, pip extra) an optional target needs
@@ -80,7 +82,8 @@ class Exporter(Protocol):
     def runner(self, path: Path, model: Model) -> Callable[[dict], dict]: ...
 
     # every intermediate tensor on one feed (the artifact's input names), by the artifact's
-    # own tensor names; raises divergence.TraceUnavailable where they cannot be read
+    # own tensor names (a quantized tensor under its float name, as its readers see it);
+    # raises errors.TraceUnavailable where they cannot be read
     def trace(self, path: Path, feed: dict, signature: str | None) -> dict: ...
 
     # side-effect ops (pb, SavedModel) are refused unless allowed
@@ -90,6 +93,9 @@ class Exporter(Protocol):
     def read_precision(self, path: Path) -> str: ...  # of an artifact any tool made
 
     def unsupported_ops(self, model: Model, options: ExportOptions) -> list[str]: ...
+
+    # raises UsageError for an option value this target cannot take (before anything loads)
+    def check_options(self, options: ExportOptions) -> None: ...
 
 
 WEIGHT_ELEMENTS = 1024  # float constants this large are a SavedModel's variables

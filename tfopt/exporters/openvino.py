@@ -35,10 +35,6 @@ _STRUCTURE = frozenset({"Parameter", "Result", "Constant"})
 def export(model: Model, path: Path, options: ExportOptions) -> Exported:
     import openvino
 
-    if model.weights:
-        raise ConversionError("weights kept outside the graph (past --large-weight-bytes) are "
-                              "not supported for openvino yet; raise --large-weight-bytes if "
-                              "the model fits in 2 GB")
     converted = _convert(model)
     note = None
     if options.quantize == "int8":
@@ -48,11 +44,12 @@ def export(model: Model, path: Path, options: ExportOptions) -> Exported:
 
 
 def _convert(model: Model):
-    """The IR of the frozen graph, its inputs and outputs named as the signature's."""
+    """The IR of the frozen graph, its inputs and outputs named as the signature's, the
+    external weights constants of the IR (model.bin has no 2 GB limit; the GraphDef has)."""
     import openvino
 
     try:
-        converted = openvino.convert_model(model.inlined_graph())
+        converted = openvino.convert_model(model.graph_def)
     except Exception as exc:  # OpConversionFailure, GeneralFailure
         blocked = _blocked(str(exc))
         reason = f"ops {', '.join(blocked)}" if blocked else first_line(exc)[:300]
@@ -67,7 +64,26 @@ def _convert(model: Model):
                                       f"(signature {'input' if specs is model.inputs else 'output'}"
                                       f" '{spec.name}')")
             port.get_tensor().set_names({spec.name})
+    if model.weights:
+        _weights_as_constants(converted, model.weights)
     return converted
+
+
+def _weights_as_constants(converted, weights: dict[str, np.ndarray]) -> None:
+    """Each external weight's Parameter replaced by a Constant of its value (copied once:
+    OpenVINO shares only writeable arrays, and the weights are read-only maps)."""
+    from openvino import opset13
+
+    for parameter in list(converted.get_parameters()):
+        names = {name.split(":")[0] for name in parameter.output(0).get_names()}
+        weight = next((name for name in names if name in weights), None)
+        if weight is None:
+            continue
+        constant = opset13.constant(weights[weight], shared_memory=False)
+        for reader in list(parameter.output(0).get_target_inputs()):
+            reader.replace_source_output(constant.output(0))
+        converted.remove_parameter(parameter)
+    converted.validate_nodes_and_infer_types()
 
 
 def _blocked(message: str) -> list[str]:
@@ -102,11 +118,15 @@ def _ops_computing(converted, layers: set[str]) -> list[str]:
                    for name in out.get_names())]
 
 
+def check_options(options: ExportOptions) -> None:
+    """Every value of the options this target reads is valid (options.validate checks them)."""
+
+
 def unsupported_ops(model: Model, options: ExportOptions) -> list[str]:
     import openvino
 
     try:
-        openvino.convert_model(model.inlined_graph())
+        openvino.convert_model(model.graph_def)
     except Exception as exc:  # the frontend names the ops it could not convert
         return _blocked(str(exc)) or [first_line(exc)[:200]]
     return python_callbacks(model)

@@ -5,8 +5,7 @@ from pathlib import Path
 
 from tfopt.errors import ConversionError
 from tfopt.exporters.base import Exported, ExportOptions, Opened, python_callbacks
-from tfopt.graph import node_name, op_histogram, plain_session
-from tfopt.loaders import weights as external
+from tfopt.graph import PROTOBUF_LIMIT, node_name, op_histogram, plain_session
 from tfopt.model import Model, TensorSpec
 from tfopt.security import io_ops, refuse_io_ops
 
@@ -23,13 +22,17 @@ PREPARE = ("unmark_fused_calls",)
 
 def export(model: Model, path: Path, options: ExportOptions) -> Exported:
     size = model.graph_def.ByteSize() + model.weight_bytes
-    if size > external.PROTOBUF_LIMIT:
+    if size > PROTOBUF_LIMIT:
         raise ConversionError(
             f"the frozen GraphDef would be {size / 2**30:.2f} GB; protobuf's limit is 2 GB, so "
             "no model.pb can hold these weights: use saved_model (they stay variables there), "
             "tflite or onnx", details={"too_large": True})
     path.write_bytes(model.inlined_graph().SerializeToString(deterministic=True))
     return Exported()
+
+
+def check_options(options: ExportOptions) -> None:
+    """Every value of the options this target reads is valid (options.validate checks them)."""
 
 
 def unsupported_ops(model: Model, options: ExportOptions) -> list[str]:
@@ -95,7 +98,7 @@ def trace(path: Path, feed: dict, signature: str | None = None) -> dict:
     """Every float tensor of the GraphDef, by TF tensor name (any producer)."""
     import tensorflow as tf
 
-    from tfopt.divergence import graph_tensors
+    from tfopt.graph import graph_tensors
 
     graph_def = tf.compat.v1.GraphDef()
     graph_def.ParseFromString(path.read_bytes())

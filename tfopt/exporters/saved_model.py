@@ -20,7 +20,7 @@ from tfopt.security import io_ops, refuse_io_ops
 
 FORMAT = "saved_model"
 FILENAME = "saved_model"
-SUFFIX = None
+SUFFIX = "saved_model.pb"  # a directory holding it
 COMPANIONS: tuple[str, ...] = ()
 DEFAULT = True
 EXTRA = None
@@ -52,6 +52,10 @@ def _deterministic_fingerprint(path: Path) -> None:
     file.write_bytes(fingerprint.SerializeToString(deterministic=True))
 
 
+def check_options(options: ExportOptions) -> None:
+    """Every value of the options this target reads is valid (options.validate checks them)."""
+
+
 def unsupported_ops(model: Model, options: ExportOptions) -> list[str]:
     return python_callbacks(model)  # TensorFlow runs every other op it froze
 
@@ -60,7 +64,7 @@ def describe(path: Path, model: Model) -> dict[str, int]:
     """Ops the signature runs; the saver plumbing every SavedModel carries is left out."""
     from collections import Counter
 
-    from tfopt.loaders.saved_model import read_proto, split_by_signature
+    from tfopt.saved_models import read_proto, split_by_signature
 
     inside, _ = split_by_signature(read_proto(path).meta_graphs[0], model.signature)
     return dict(sorted(Counter(n.op for n in inside).items()))
@@ -75,7 +79,7 @@ def open_artifact(path: Path, signature: str, allow_io_ops: bool = False) -> Ope
     only one; its graph is checked for side-effect ops before anything runs."""
     import tensorflow as tf
 
-    from tfopt.loaders.saved_model import read_proto, split_by_signature
+    from tfopt.saved_models import read_proto, split_by_signature
 
     if not allow_io_ops:  # a stranger's graph runs here (tfopt's own was checked as a source)
         meta = read_proto(path).meta_graphs[0]
@@ -102,7 +106,7 @@ def open_artifact(path: Path, signature: str, allow_io_ops: bool = False) -> Ope
 
 
 def trace(path: Path, feed: dict, signature: str | None = None) -> dict:
-    from tfopt.divergence import TraceUnavailable
+    from tfopt.errors import TraceUnavailable
 
     raise TraceUnavailable("a SavedModel's intermediate tensors live inside its functions, "
                            "which TF does not let a caller read; trace the .pb, which holds "

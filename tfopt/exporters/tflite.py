@@ -18,7 +18,8 @@ from tfopt.exporters.base import (
 )
 from tfopt.graph import DT_INT64, DT_STRING
 from tfopt.logs import native_stderr_silenced
-from tfopt.model import Model, TensorSpec
+from tfopt.memory import return_freed_memory
+from tfopt.model import SERVING_SIGNATURE, Model, TensorSpec, graphs_paged_out
 from tfopt.modes import MODES as QUANTIZE
 
 FORMAT = "tflite"
@@ -78,6 +79,9 @@ def _converter(saved_model_dir: str, signature: str, fallback: str,
 
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir,
                                                          signature_keys=[signature])
+    # TF 2.21's convert() restores the model again (2.15's keeps this copy for it): the one
+    # from_saved_model restored to list the signatures is garbage, half a GB on BERT-base
+    return_freed_memory()
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if options is not None and options.quantize != "none":
         _quantization(converter, options)
@@ -147,6 +151,10 @@ def _denylist(flatbuffer: bytes, layers: set[str]) -> list[str]:
     return sorted({names[o] for op in hit + readers for o in op["outputs"]})
 
 
+def check_options(options: ExportOptions) -> None:
+    """Every value of the options this target reads is valid (options.validate checks them)."""
+
+
 def unsupported_ops(model: Model, options: ExportOptions) -> list[str]:
     """TF ops the converter cannot express as TFLite builtins, found by converting."""
     with tempfile.TemporaryDirectory(prefix="tfopt-tflite-") as workdir:
@@ -200,8 +208,9 @@ def export(model: Model, path: Path, options: ExportOptions) -> Exported:
             if id(candidate) not in saved:
                 saved[id(candidate)] = str(Path(workdir) / fallback)
                 save_inference_model(candidate, saved[id(candidate)])
+                return_freed_memory()  # what saving left: the converter's peak comes next
             try:
-                with native_stderr_silenced():
+                with native_stderr_silenced(), graphs_paged_out(model, candidate):
                     if options.float_layers:
                         flatbuffer = float_layer_model(saved[id(candidate)], model.signature,
                                                        options)
@@ -323,7 +332,7 @@ def trace(path: Path, feed: dict, signature: str | None = None) -> dict:
     import numpy as np
 
     found = interpreter(path, preserve_all_tensors=True)
-    opened = open_artifact(path, signature or "serving_default", True, found)
+    opened = open_artifact(path, signature or SERVING_SIGNATURE, True, found)
     values = opened.run(feed)  # the outputs by their signature names
     computed = {i for op in found._get_ops_details() for i in op["outputs"]}  # no weights
     for detail in found.get_tensor_details():

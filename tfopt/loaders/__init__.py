@@ -5,7 +5,7 @@ from pathlib import Path
 
 from tfopt.errors import InputError
 from tfopt.loaders import checkpoint, graph_def, keras_file, saved_model, saved_model_v1
-from tfopt.loaders.base import Loaded, Loader, LoadOptions, SourceInfo
+from tfopt.loaders.base import Loaded, Loader, LoadOptions
 
 LOADERS: dict[str, Loader] = {
     module.FORMAT: module
@@ -13,7 +13,7 @@ LOADERS: dict[str, Loader] = {
 
 KINDS = "a SavedModel directory, a .keras/.h5 file, a checkpoint's .meta or a .pb/.pbtxt graph"
 
-__all__ = ["LOADERS", "LoadOptions", "Loaded", "Loader", "SourceInfo", "check_exists",
+__all__ = ["LOADERS", "LoadOptions", "Loaded", "Loader", "check_exists",
            "detect_format", "load"]
 
 

@@ -13,6 +13,7 @@ from tfopt.categories import is_optimizer_variable, writes_variable
 from tfopt.errors import InputError, first_line
 from tfopt.graph import (
     FORWARDING_OPS,
+    empty_like,
     imported,
     inlined_size,
     node_name,
@@ -28,12 +29,13 @@ from tfopt.loaders.weights import (
     captured_variables,
     freeze,
 )
-from tfopt.model import Model, TensorSpec
+from tfopt.model import SERVING_SIGNATURE, Model, TensorSpec
+from tfopt.results import SourceInfo
 
 
 @dataclass
 class LoadOptions:
-    signature: str = "serving_default"
+    signature: str = SERVING_SIGNATURE
     tags: list[str] | None = None
     inputs: list[str] | None = None  # TF1 graphs: --inputs specs, name[:dtype[:shape]]
     outputs: list[str] | None = None  # TF1 graphs: output tensors
@@ -52,23 +54,6 @@ class LoadOptions:
 
 
 @dataclass
-class SourceInfo:
-    path: str
-    format: str
-    signature: str
-    nodes: int
-    ops: dict[str, int]
-    variables: int
-    variable_bytes: int
-    optimizer_variables: int = 0
-    optimizer_variable_bytes: int = 0
-    reference: str = "the original model"  # what the artifacts are compared against
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
-
-
-@dataclass
 class Loaded:
     model: Model
     source: SourceInfo
@@ -76,6 +61,18 @@ class Loaded:
     reference: Callable[[dict], dict]
     removed: Counter = field(default_factory=Counter)
     passes: list = field(default_factory=list)  # PassReports of rewrites done while loading
+
+    def release(self) -> None:
+        """Let the original model go once it has run (its loaded objects and variables, and
+        the frozen graph: the memory the exporters need next); external weights stay."""
+        self.reference = _released
+        for key in ("keepalive", "reference_session"):
+            self.model.meta.pop(key, None)
+        self.model = self.model.with_graph(empty_like(self.model.graph_def))
+
+
+def _released(feed: dict) -> dict:
+    raise RuntimeError("the original model was released after its reference run")
 
 
 class Loader(Protocol):

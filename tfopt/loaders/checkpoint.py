@@ -23,6 +23,7 @@ def sniff(path: Path) -> bool:
 def load(path: Path, options: LoadOptions) -> Loaded:
     import tensorflow as tf
 
+    tf1.check_options(options)
     prefix = prefix_of(path)
     meta_file = Path(f"{prefix}.meta")
     if not Path(f"{prefix}.index").is_file():

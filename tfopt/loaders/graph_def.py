@@ -45,6 +45,7 @@ def read(path: Path):
 def load(path: Path, options: LoadOptions) -> Loaded:
     import tensorflow as tf
 
+    tf1.check_options(options)
     graph_def = read(path)
     roots = [node_name(tf1.tensor_ref(o)) for o in options.outputs or []]
     kept = reachable(graph_def, roots) if roots else None

@@ -15,15 +15,16 @@ from tfopt.loaders.base import (
     Description,
     Loaded,
     LoadOptions,
-    SourceInfo,
     call_signature,
     freeze_function,
     graph_stats,
 )
+from tfopt.model import SERVING_SIGNATURE
+from tfopt.results import SourceInfo
 
 FORMAT = "keras"
 SUFFIXES = (".keras", ".h5", ".hdf5")
-SIGNATURE = "serving_default"
+SIGNATURE = SERVING_SIGNATURE  # the one a Keras file is traced as
 
 
 def sniff(path: Path) -> bool:

@@ -7,18 +7,20 @@ from tfopt.errors import InputError, first_line
 from tfopt.graph import plain_session
 from tfopt.loaders import saved_model, tf1
 from tfopt.loaders.base import Description, Loaded, LoadOptions
+from tfopt.saved_models import read_proto
 
 FORMAT = "saved_model_v1"
 
 
 def sniff(path: Path) -> bool:
-    return saved_model.is_saved_model(path) and saved_model.is_tf1(saved_model.read_proto(path))
+    return saved_model.is_saved_model(path) and saved_model.is_tf1(read_proto(path))
 
 
 def load(path: Path, options: LoadOptions) -> Loaded:
     import tensorflow as tf
 
-    proto = saved_model.read_proto(path)
+    tf1.check_options(options)
+    proto = read_proto(path)
     meta = saved_model.pick_meta_graph(proto, options.tags, path)
     tags = list(meta.meta_info_def.tags)
     if not options.outputs:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tfopt.graph import FORWARDING_OPS, add_const, consumers, forwarded_reads, node_name
+from tfopt.graph import add_const, consumers, forwarded_reads
 
 LOOKUPS = frozenset({"LookupTableFindV2", "LookupTableSizeV2"})
 
@@ -58,23 +58,3 @@ def freeze_tables(fn: Any, graph_def: Any, extra: list[str]) -> bool:
         for lookup in lookups:  # the import runs before each lookup (again: it is idempotent)
             lookup.input.append("^" + importer.name)
     return True
-
-
-def table_contents(graph_def: Any, find: Any) -> tuple[Any, Any] | None:
-    """(keys, values) of the constant table a LookupTableFindV2 reads, or None."""
-    from tfopt.graph import const_value
-
-    nodes = {n.name: n for n in graph_def.node}
-    table = nodes.get(node_name(find.input[0]))
-    while table is not None and table.op in FORWARDING_OPS:
-        table = nodes.get(node_name(table.input[0]))
-    if table is None or table.op != "HashTableV2":
-        return None
-    importer = next((n for n in graph_def.node if n.op == "LookupTableImportV2"
-                     and node_name(n.input[0]) == table.name), None)
-    if importer is None:
-        return None
-    keys, values = (nodes.get(node_name(importer.input[i])) for i in (1, 2))
-    if keys is None or values is None or keys.op != "Const" or values.op != "Const":
-        return None
-    return const_value(keys), const_value(values)

@@ -9,6 +9,7 @@ graph (training machinery included) and its variable values, then call `freeze_s
 """
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,14 +30,16 @@ from tfopt.graph import (
 )
 from tfopt.loaders.base import (
     Loaded,
-    SourceInfo,
+    LoadOptions,
     frozen_reference,
     graph_stats,
     name_signature,
     session_reference,
     variable_stats,
 )
+from tfopt.loaders.weights import LARGE_WEIGHT_BYTES
 from tfopt.model import Model, TensorSpec
+from tfopt.results import SourceInfo
 
 CONTROL_FLOW = frozenset({"Switch", "RefSwitch", "If", "StatelessIf"})
 _NOT_OUTPUTS = frozenset({"Const", "NoOp", "Placeholder", "PlaceholderWithDefault",
@@ -184,6 +187,14 @@ class Session:
     path: Path
     format: str
     checkpoint: str | None = None  # variables' checkpoint prefix, for the stats
+
+
+def check_options(options: LoadOptions) -> None:
+    """Say which options a TF1 graph does not take, before anything loads."""
+    if options.large_weight_bytes != LARGE_WEIGHT_BYTES:
+        warnings.warn("--large-weight-bytes applies to TF2 SavedModels and Keras files; a TF1 "
+                      "graph's variables are frozen into its constants (model.pb keeps "
+                      "protobuf's 2 GB limit)", stacklevel=3)
 
 
 def freeze_session(loaded: Session, inputs: list[tuple[str, str]] | None,

@@ -35,7 +35,6 @@ from tfopt.graph import (
 )
 
 LARGE_WEIGHT_BYTES = 256 << 20
-PROTOBUF_LIMIT = (2 << 30) - 1
 SIMPLE_READS = frozenset({"ReadVariableOp", "ResourceGather"})
 
 

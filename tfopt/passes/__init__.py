@@ -21,15 +21,7 @@ from tfopt.passes import (  # noqa: F401 (registers them)
                           training_batch_norm,
                           unmark_fused_calls,
 )
-from tfopt.passes.base import (
-    REGISTRY,
-    PassContext,
-    PassLog,
-    PassReport,
-    register,
-    run_pipeline,
-    run_rewrite,
-)
+from tfopt.passes.base import REGISTRY, PassContext, PassLog, register, run_pipeline, run_rewrite
 
 DEFAULT_PIPELINE = ("strip_training", "prune", "fold_control_flow", "grappler",
                     "fold_scale_shift", "fold_pad", "dedupe")
@@ -40,4 +32,4 @@ INFERENCE_REWRITES = ("freeze_placeholders", "fold_control_flow", "training_batc
                       "remove_dropout")
 
 __all__ = ["DEFAULT_PIPELINE", "INFERENCE_REWRITES", "REGISTRY", "PassContext", "PassLog",
-           "PassReport", "register", "run_pipeline", "run_rewrite"]
+           "register", "run_pipeline", "run_rewrite"]

@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from tfopt.memory import older_objects_frozen, return_freed_memory
 from tfopt.model import Model
-from tfopt.resources import older_objects_frozen
+from tfopt.results import PassReport
 
 
 @dataclass(frozen=True)
@@ -42,21 +43,6 @@ class PassLog:
         self.skipped.append({"node": node, "reason": reason})
 
 
-@dataclass
-class PassReport:
-    name: str
-    seconds: float
-    nodes_before: int
-    nodes_after: int
-    changes: list[dict]
-    skipped: list[dict]
-    removed: dict[str, int]
-    target: str | None = None  # set for an exporter's own preparation passes
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
-
-
 PassFn = Callable[[Any, PassContext, PassLog], Any]  # GraphDef in, GraphDef out
 REGISTRY: dict[str, PassFn] = {}
 
@@ -80,6 +66,7 @@ def run_pipeline(model: Model, names: Sequence[str], values: Mapping[str, np.nda
         for name in names:
             graph_def, report = run_rewrite(name, graph_def, ctx)
             reports.append(report)
+            return_freed_memory()  # the graph before the pass, so passes do not stack up
     return model.with_graph(graph_def), reports
 
 

@@ -78,20 +78,19 @@ def isolate_calls(graph_def, protected: frozenset[str]):
 
 @register("grappler")
 def grappler(graph_def, ctx: PassContext, log: PassLog):
-    # the kernels as placeholders (Grappler's copies of them cost gigabytes); a copy only
-    # when a kernel or an external weight is there to hide
-    lifted, kernels = set_aside_kernels(isolate_calls(graph_def, ctx.protected),
-                                        copy=bool(ctx.weights))  # hide_shapes writes
-    shapes = hide_shapes(lifted, ctx.weights)
-    out = optimize_in_pieces(lifted, list(ctx.inputs + ctx.outputs) + sorted(ctx.weights)
-                             + sorted(kernels),
+    # the kernels as placeholders (Grappler's copies of them cost gigabytes), the layout ops
+    # on them folded in numpy; a copy only when a kernel or an external weight is there to hide
+    aside = set_aside_kernels(isolate_calls(graph_def, ctx.protected),
+                              copy=bool(ctx.weights), fold_layout=True)  # hide_shapes writes
+    shapes = hide_shapes(aside.graph_def, ctx.weights)
+    out = optimize_in_pieces(aside.graph_def, list(ctx.inputs + ctx.outputs)
+                             + sorted(ctx.weights) + aside.keep,
                              lambda graph, fetch: optimize(graph, fetch, OPTIMIZERS), log)
-    del lifted
+    aside.graph_def = None
     for node in out.node:
         if node.name in shapes:
             node.attr["shape"].CopyFrom(shapes[node.name])
-        elif node.name in kernels:
-            node.CopyFrom(kernels[node.name])
+    aside.put_back(out)
     before, after = Counter(op_histogram(graph_def)), Counter(op_histogram(out))
     for op, count in sorted((before - after).items()):
         category = "identity" if op in IDENTITY_OPS else "folded_constants"

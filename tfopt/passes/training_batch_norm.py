@@ -5,7 +5,7 @@
 
 The moving statistics are the variables that the batch mean (output 1) and batch variance
 (output 2) are assigned into. Runs before variables are frozen, while the updates exist.
-Written here because no TF tool rewrites training-mode batch norm; OpenVINO only refuses it.
+Written here because no TF tool rewrites training-mode batch norm, and converters refuse it.
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tfopt.errors import ConversionError, first_line
+from tfopt.errors import ConversionError, UsageError, first_line
 from tfopt.exporters.base import Exported, ExportOptions
 from tfopt.exporters.onnx.convert import SIDECAR, default_opset, save, to_onnx
 from tfopt.exporters.onnx.convert import unsupported_ops as _tf2onnx_unsupported
@@ -43,6 +43,17 @@ RECURRENT = {"LSTM": "native ONNX LSTM (tf2onnx's LSTM rewriter)",
 
 __all__ = ["FILENAME", "FORMAT", "MODES", "PREPARE", "default_opset", "describe", "export",
            "open_artifact", "read_precision", "runner", "trace", "unsupported_ops"]
+
+
+def check_options(options: ExportOptions) -> None:
+    """An --opset tf2onnx and the installed onnxruntime support: from 7 (tf2onnx's README:
+    6-13 should work, 14-18 are tested) to the highest both take."""
+    if options.opset is None:
+        return
+    high = default_opset()
+    if not 7 <= options.opset <= high:
+        raise UsageError(f"--opset {options.opset} is outside what tf2onnx and the installed "
+                         f"onnxruntime support (7..{high})")
 
 
 def unsupported_ops(model: Model, options: ExportOptions) -> list[str]:

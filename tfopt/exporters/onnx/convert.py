@@ -69,7 +69,7 @@ def label_encoders(proto: Any, graph_def: Any) -> Any:
     from onnx import helper
 
     from tfopt.exporters.onnx.graph import OnnxGraph
-    from tfopt.loaders.tables import table_contents
+    from tfopt.graph import table_contents
 
     finds = {n.name: n for n in graph_def.node if n.op == "LookupTableFindV2"}
     graph = OnnxGraph(proto)
@@ -170,7 +170,9 @@ def to_onnx(model: Model, opset: int) -> Any:
     # tf2onnx copies every constant several times (5.7 GB for ResNet50's 0.1 GB): kernels
     # go in as graph inputs and come back as initializers; external weights stay inputs
     # until saved
-    graph_def, kernels = set_aside_kernels(model.graph_def)
+    aside = set_aside_kernels(model.graph_def)
+    graph_def, kernels = aside.graph_def, aside.kernels
+    del aside
     weights = {f"{name}:0": name for name in list(model.weights) + list(kernels)}
     hide_shapes(graph_def, model.weights)  # in set_aside_kernels' copy
     try:

@@ -62,8 +62,8 @@ def trace(path: Path, feed: dict, signature: str | None = None) -> dict:
     """Every float node output, exposed as a graph output of a copy (any producer)."""
     import onnx
 
-    from tfopt.divergence import TraceUnavailable
-    from tfopt.loaders.weights import PROTOBUF_LIMIT
+    from tfopt.errors import TraceUnavailable
+    from tfopt.graph import PROTOBUF_LIMIT
 
     proto = onnx.load(str(path))
     if proto.ByteSize() > PROTOBUF_LIMIT:
@@ -83,7 +83,16 @@ def trace(path: Path, feed: dict, signature: str | None = None) -> dict:
     names = [o.name for o in found.get_outputs()]
     converted = read_tensor_names(proto)  # under the names converted, before short_names
     values = found.run(names, {k: _onnx_strings(v) for k, v in feed.items()})
-    return {converted.get(name, name): value for name, value in zip(names, values)}
+    traced = {converted.get(name, name): value for name, value in zip(names, values)}
+    # onnxruntime's QDQ: X's value as its readers see it is X_DequantizeLinear_Output,
+    # quantized (a Relu it removed is the quantization's clip, so X is the value before it)
+    dequantized = {k.removesuffix(DQ_SUFFIX): v for k, v in traced.items()
+                   if k.endswith(DQ_SUFFIX)}
+    return dequantized | {k: v for k, v in traced.items()
+                          if k not in dequantized and not k.endswith(DQ_SUFFIX)}
+
+
+DQ_SUFFIX = "_DequantizeLinear_Output"
 
 
 TENSOR_NAMES_KEY = "tfopt.tensor_names"  # metadata: short name -> the name tf2onnx gave

@@ -13,7 +13,7 @@ from tfopt.exporters.onnx.rewrites.registry import register_rewrite
 from tfopt.passes.base import PassLog
 
 
-@register_rewrite("hard_activations", min_opset=14)
+@register_rewrite("hard_activations", min_opset=14, sees_kernels=False)
 def hard_activations(proto: Any, log: PassLog) -> Any:
     import onnx
 

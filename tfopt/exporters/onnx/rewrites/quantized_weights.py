@@ -31,7 +31,7 @@ def quantized(value: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, axis
     return np.clip(values, low, high).astype(zero_point.dtype)
 
 
-@register_rewrite("quantized_weights", min_opset=13)
+@register_rewrite("quantized_weights", min_opset=13, sees_kernels=False)
 def quantized_weights(proto: Any, log: PassLog) -> Any:
     from onnx import numpy_helper
 

@@ -47,7 +47,7 @@ def _zero_source(graph: OnnxGraph, name: str) -> str | None:
         name = node.input[0]
 
 
-@register_rewrite("zero_initial_states", min_opset=7)
+@register_rewrite("zero_initial_states", min_opset=7, sees_kernels=False)
 def zero_initial_states(proto: Any, log: PassLog) -> Any:
     graph = OnnxGraph(proto)
     changed = False

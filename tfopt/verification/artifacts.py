@@ -8,14 +8,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tfopt.divergence import message, traced
 from tfopt.errors import ConversionError, first_line
 from tfopt.exporters import EXPORTERS, ExportOptions
 from tfopt.files import companion, path_bytes, tree_digest
 from tfopt.model import Model
-from tfopt.output import write_failure
-from tfopt.report import ArtifactReport
-from tfopt.verify import Check, batch_size, feed_shapes, widened
+from tfopt.reporting.output import write_failure
+from tfopt.results import ArtifactReport
+from tfopt.verification.checks import Check, batch_size, feed_shapes, widened
+from tfopt.verification.divergence import message, traced
 
 LARGE_ARTIFACT = 64 << 20  # bytes
 

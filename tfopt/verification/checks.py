@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from tfopt.modes import MODES, Budget
+from tfopt.results import Parity
 
 # the fp32 rule (README: Verification)
 SCALE_RTOL = 1e-4  # max abs error over the output's largest magnitude
@@ -18,29 +19,6 @@ ELEMENTWISE_ATOL, ELEMENTWISE_RTOL = 1e-4, 1e-3  # with --atol/--rtol, the other
 
 # defaults per precision (the modes' table); flags override them
 BUDGETS = {mode.precision: mode.budget for mode in MODES.values() if mode.budget is not None}
-
-
-@dataclass
-class Parity:
-    max_abs_err: float
-    max_rel_err: float
-    passed: bool
-    samples: int
-    atol: float | None  # None: the scale-aware rule
-    rtol: float | None
-    outputs: dict[str, dict] = field(default_factory=dict)  # per output: errors, passed, reason
-    mean_abs_err: float | None = None
-    cosine: float | None = None  # the lowest over outputs
-    top1_agreement: float | None = None  # the lowest over class-score outputs
-    accuracy: float | None = None  # top-1 against --eval labels
-    budget: Budget | None = None  # set for quantized artifacts: pass means within it
-    rule: str = "scale"  # "scale", "elementwise" (--atol/--rtol) or "budget" (quantized)
-    reason: str | None = None  # the first criterion that failed, with values and the flag
-
-    def to_dict(self) -> dict:
-        out = dict(self.__dict__)
-        out["budget"] = self.budget.to_dict() if self.budget else None
-        return out
 
 
 def _errors(expected: np.ndarray, actual: np.ndarray, atol: float, rtol: float) -> dict:

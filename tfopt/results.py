@@ -1,4 +1,6 @@
-"""The result of a run: a typed object, `report.json` and the printed summary all come from it."""
+"""What a run found and did, as types every stage fills in: the source (loaders), each
+pass (passes), each artifact and its parity (verification), and the whole run. report.json
+and the printed summary come from FreezeResult."""
 from __future__ import annotations
 
 import json
@@ -7,35 +9,66 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tfopt.errors import EXIT_OK, EXIT_PARITY, EXIT_TARGET_FAILED
-from tfopt.exporters import EXPORTERS
-from tfopt.loaders import SourceInfo
 from tfopt.model import TensorSpec
-from tfopt.passes import PassReport
-from tfopt.verify import Parity
+from tfopt.modes import Budget
 
 # 2: tfopt 0.2 (security, verification, sha256, parity rule and reason); 1: tfopt 0.1
 SCHEMA_VERSION = 2
-VERSIONED = ("tensorflow", "keras", "protobuf", "numpy")  # then each target's PACKAGES
-# the same library under another distribution's name (release candidates of TF 2.22 bring
-# keras-nightly; CPU-only images carry tensorflow-cpu)
-ALSO_DISTRIBUTED_AS = {"tensorflow": ("tensorflow-cpu", "tf-nightly"), "keras": ("keras-nightly",)}
 
 
-def library_versions() -> dict[str, str | None]:
-    """The versions of the libraries that shape an artifact, as installed."""
-    from importlib import metadata
+@dataclass
+class SourceInfo:
+    path: str
+    format: str
+    signature: str
+    nodes: int
+    ops: dict[str, int]
+    variables: int
+    variable_bytes: int
+    optimizer_variables: int = 0
+    optimizer_variable_bytes: int = 0
+    reference: str = "the original model"  # what the artifacts are compared against
 
-    found: dict[str, str | None] = {}
-    targets = (package for exporter in EXPORTERS.values() for package in exporter.PACKAGES)
-    for package in dict.fromkeys(VERSIONED + tuple(targets)):
-        found[package] = None
-        for name in (package, *ALSO_DISTRIBUTED_AS.get(package, ())):
-            try:
-                found[package] = metadata.version(name)
-                break
-            except metadata.PackageNotFoundError:
-                continue
-    return found
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class PassReport:
+    name: str
+    seconds: float
+    nodes_before: int
+    nodes_after: int
+    changes: list[dict]
+    skipped: list[dict]
+    removed: dict[str, int]
+    target: str | None = None  # set for an exporter's own preparation passes
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Parity:
+    max_abs_err: float
+    max_rel_err: float
+    passed: bool
+    samples: int
+    atol: float | None  # None: the scale-aware rule
+    rtol: float | None
+    outputs: dict[str, dict] = field(default_factory=dict)  # per output: errors, passed, reason
+    mean_abs_err: float | None = None
+    cosine: float | None = None  # the lowest over outputs
+    top1_agreement: float | None = None  # the lowest over class-score outputs
+    accuracy: float | None = None  # top-1 against --eval labels
+    budget: Budget | None = None  # set for quantized artifacts: pass means within it
+    rule: str = "scale"  # "scale", "elementwise" (--atol/--rtol) or "budget" (quantized)
+    reason: str | None = None  # the first criterion that failed, with values and the flag
+
+    def to_dict(self) -> dict:
+        out = dict(self.__dict__)
+        out["budget"] = self.budget.to_dict() if self.budget else None
+        return out
 
 
 @dataclass
@@ -109,6 +142,7 @@ class FreezeResult:
     security: dict = field(default_factory=dict)  # side-effect ops found, and if allowed
     verification: dict = field(default_factory=dict)  # inputs, rule, the original's noise
     resources: dict = field(default_factory=dict)  # seconds and peak RSS per stage
+    versions: dict = field(default_factory=dict)  # of the libraries that shaped the artifacts
 
     @property
     def conversion_seconds(self) -> float:
@@ -135,7 +169,7 @@ class FreezeResult:
 
     def to_dict(self) -> dict:
         return {
-            "schema_version": SCHEMA_VERSION, "versions": library_versions(),
+            "schema_version": SCHEMA_VERSION, "versions": self.versions,
             "tfopt_version": self.tfopt_version, "seconds": self.seconds, "out_dir": self.out_dir,
             "exit_code": self.exit_code, "source": self.source.to_dict(),
             "inputs": [t.to_dict() for t in self.inputs],

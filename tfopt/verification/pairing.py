@@ -9,28 +9,38 @@ from pathlib import Path
 
 import numpy as np
 
-from tfopt.artifacts import trace_if_asked
 from tfopt.errors import InputError, first_line
 from tfopt.exporters import EXPORTERS
 from tfopt.exporters.base import Opened
 from tfopt.files import path_bytes, tree_digest
 from tfopt.model import Model, TensorSpec
 from tfopt.options import FreezeOptions
-from tfopt.report import ArtifactReport
-from tfopt.verify import Check, batch_size, feed_shapes, widened
+from tfopt.results import ArtifactReport
+from tfopt.verification.artifacts import trace_if_asked
+from tfopt.verification.checks import Check, batch_size, feed_shapes, widened
 
 
 def artifact_format(path: Path) -> str:
-    """The format of an artifact path: by its exporter's suffix, or a SavedModel directory."""
-    suffixes = {e.SUFFIX: name for name, e in EXPORTERS.items() if e.SUFFIX}
-    if path.is_dir() and (path / "saved_model.pb").is_file():
-        return "saved_model"
-    if path.suffix.lower() in suffixes and path.is_file():
-        return suffixes[path.suffix.lower()]
+    """The format of an artifact path: by its exporter's suffix, or the file its directory
+    holds."""
+    for name, exporter in EXPORTERS.items():
+        if exporter.SUFFIX.startswith("."):
+            if path.is_file() and path.suffix.lower() == exporter.SUFFIX:
+                return name
+        elif path.is_dir() and (path / exporter.SUFFIX).is_file():
+            return name
     if not path.exists():
         raise InputError(f"artifact {path} does not exist")
-    raise InputError(f"artifact {path} is not a {', '.join(sorted(suffixes))} file or a "
-                     "SavedModel directory; those are what tfopt compare can run")
+    raise InputError(f"artifact {path} is not {artifact_kinds()}; those are what tfopt "
+                     "compare can run")
+
+
+def artifact_kinds() -> str:
+    """What tfopt compare takes, in words: "a .onnx, .pb or .tflite file or a directory
+    holding saved_model.pb"."""
+    files = sorted(e.SUFFIX for e in EXPORTERS.values() if e.SUFFIX.startswith("."))
+    held = sorted(e.SUFFIX for e in EXPORTERS.values() if not e.SUFFIX.startswith("."))
+    return f"a {', '.join(files)} file" + "".join(f" or a directory holding {h}" for h in held)
 
 
 def check_artifact(fmt: str, path: Path, model: Model, check: Check,

@@ -7,14 +7,14 @@ for the whole process (getrusage ru_maxrss), which includes whatever ran before 
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 import resource
 import threading
 import time
 from collections.abc import Iterator
 
-from tfopt.progress import Progress
+from tfopt.memory import older_objects_frozen, return_freed_memory
+from tfopt.reporting.progress import Progress
 
 SAMPLE_SECONDS = 0.01
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -31,34 +31,6 @@ def rss_mb() -> float | None:
 
 def process_peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
-
-
-_frozen_depth = 0
-_froze = False
-_frozen_lock = threading.Lock()
-
-
-@contextlib.contextmanager
-def older_objects_frozen() -> Iterator[None]:
-    """Let the garbage collector skip every object that exists on entry: TF's own hundreds
-    of thousands would otherwise be traversed again by each full collection, which made
-    building a name -> node dict of a 100k-node graph ten times slower per node. Nests, also
-    across threads; leaves a process that froze objects itself (gc.freeze before a fork) as
-    it was."""
-    global _frozen_depth, _froze
-    with _frozen_lock:
-        if _frozen_depth == 0:
-            _froze = gc.get_freeze_count() == 0
-            if _froze:
-                gc.freeze()
-        _frozen_depth += 1
-    try:
-        yield
-    finally:
-        with _frozen_lock:
-            _frozen_depth -= 1
-            if _frozen_depth == 0 and _froze:
-                gc.unfreeze()
 
 
 class Stages:
@@ -87,6 +59,7 @@ class Stages:
             with self.progress.stage(name), older_objects_frozen():
                 yield
         finally:
+            return_freed_memory()  # the next stage starts from what this one left alive
             done.set()
             sampler.join()
             end_rss = rss_mb()

@@ -12,53 +12,31 @@ op by op (Polygraphy and the TFLite QuantizationDebugger each cover one format).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
+from tfopt.errors import TraceUnavailable
 from tfopt.graph import (
     FORWARDING_OPS,
+    NOT_TRACED,
     consumers,
-    imported,
+    graph_tensors,
     is_control,
     node_name,
-    plain_session,
     tensor_name,
     topological_order,
 )
-from tfopt.model import Model
-from tfopt.verify import ABSOLUTE_FLOOR, NOISE_FACTOR, SCALE_RTOL, one_ulp_up
+from tfopt.model import Model, Spilled
+from tfopt.verification.checks import ABSOLUTE_FLOOR, NOISE_FACTOR, SCALE_RTOL, one_ulp_up
 
 # ops whose outputs are not values of the computation (or cannot be fetched alone)
-_NOT_TRACED = frozenset({"Const", "Placeholder", "PlaceholderWithDefault", "NoOp", "Switch",
-                         "Merge", "Enter", "Exit", "NextIteration", "LoopCond", "RefSwitch",
-                         "RefMerge", "RefEnter", "RefExit"})
 MAX_CHART = 400  # per-op points kept for the report's chart
-DQ_SUFFIX = "_DequantizeLinear_Output"
 # an intermediate diverges when its error passes this many times its tolerance: healthy
 # artifacts reach 1.2 (TFLite's Sigmoid approximation on EfficientNet), a changed weight
 # thousands; a failing artifact with none that far is judged at 1
 CLEAR_DIVERGENCE = 10.0
-
-
-class TraceUnavailable(Exception):
-    """An artifact whose intermediate tensors cannot be read (said, not failed)."""
-
-
-def graph_tensors(graph_def: Any, feed: Mapping[str, np.ndarray],
-                  weights: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """Every float tensor of a GraphDef's main graph on one feed (placeholders by node name),
-    by tensor name `node:k`."""
-    graph = imported(graph_def)
-    fetches = [t for op in graph.get_operations() if op.type not in _NOT_TRACED
-               for t in op.outputs if t.dtype.is_floating]
-    values = {f"{k}:0": v for k, v in feed.items()}
-    values.update({f"{k}:0": v for k, v in (weights or {}).items()})
-    with plain_session(graph) as session:
-        results = session.run(fetches, values)
-    return {t.name: np.asarray(v) for t, v in zip(fetches, results)}
 
 
 @dataclass
@@ -66,21 +44,21 @@ class Tracer:
     """The original's side, computed once per run: its intermediate tensors on the first
     verification feed, and how far each moves when the inputs move by one ulp."""
 
-    model: Model
+    model: Model | Spilled  # the optimized graph, read back only when a trace needs it
     feed: dict
     compute: str = "float32"
     # the frozen graph before tfopt's passes: fold_scale_shift keeps a conv's name while
     # scaling its output, so another tool's artifact matches this one's tensor instead
-    unoptimized: Model | None = None
+    unoptimized: Model | Spilled | None = None
     _reference: dict[str, np.ndarray] | None = field(default=None, repr=False)
     _floor: dict[str, float] = field(default_factory=dict, repr=False)
     _alternates: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def reference(self) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         if self._reference is None:
-            self._reference, self._floor = self._tensors(self.model)
+            self._reference, self._floor = self._tensors(self.model.load())
             if self.unoptimized is not None:
-                before, _ = self._tensors(self.unoptimized, floors=False)
+                before, _ = self._tensors(self.unoptimized.load(), floors=False)
                 self._alternates = {name: value for name, value in before.items()
                                     if name in self._reference and
                                     value.shape == self._reference[name].shape and
@@ -104,7 +82,8 @@ class Tracer:
         quantized artifact's budget, which judges each tensor by its cosine similarity
         (as its outputs are), and ranks its layers by quantization error (`worst`)."""
         reference, floor = self.reference()
-        order = {n.name: i for i, n in enumerate(topological_order(self.model.graph_def))}
+        graph_def = self.model.load().graph_def
+        order = {n.name: i for i, n in enumerate(topological_order(graph_def))}
         pairs = _pair(reference, artifact, order)
 
         def judge_against(name: str, expected: np.ndarray, value: np.ndarray
@@ -124,7 +103,7 @@ class Tracer:
             return found
 
         judged: dict[str, tuple[float, float]] = {}  # reference tensor -> (error, tolerance)
-        readers = consumers(self.model.graph_def)
+        readers = consumers(graph_def)
         for name, value in sorted(pairs.items(), key=lambda kv: order[node_name(kv[0])]):
             error, tolerance = judge(name, value)
             if error > tolerance:  # a fused op named after its first part (tf2onnx's Conv
@@ -135,7 +114,7 @@ class Tracer:
                     continue
             judged.setdefault(name, (error, tolerance))
         pairs = {name: pairs[name] for name in judged}
-        nodes = {n.name: n for n in self.model.graph_def.node}
+        nodes = {n.name: n for n in graph_def.node}
         chart = [[node_name(name), round(error / tolerance, 4)] for name, (error, tolerance)
                  in sorted(judged.items(), key=lambda item: order[node_name(item[0])])]
         found: dict = {"op": None, "op_type": None, "tensor": None, "max_abs_error": None,
@@ -195,13 +174,7 @@ def _pair(reference: dict[str, np.ndarray], artifact: dict[str, np.ndarray],
         for i in range(len(parts)):
             by_suffix.setdefault("/".join(parts[i:]), []).append(name)
     pairs: dict[str, np.ndarray] = {}
-    # onnxruntime's QDQ: X's value as its readers see it, quantized (a Relu it removed is the
-    # quantization's clip, so X itself is the value before it)
-    dequantized = {name.removesuffix(DQ_SUFFIX) for name in artifact if name.endswith(DQ_SUFFIX)}
-    for name, value in sorted(artifact.items(), key=lambda kv: not kv[0].endswith(DQ_SUFFIX)):
-        if name in dequantized:
-            continue
-        name = name.removesuffix(DQ_SUFFIX)
+    for name, value in artifact.items():
         value = np.asarray(value)
         known = []
         for part in name.split(";"):
@@ -236,7 +209,7 @@ def _fused_successor(name: str, value: np.ndarray, reference: dict, readers: dic
     next few single-reader successors whose reference it matches."""
     current = node_name(name)
     for _ in range(4):
-        following = [r for r in readers.get(current, ()) if r.op not in _NOT_TRACED]
+        following = [r for r in readers.get(current, ()) if r.op not in NOT_TRACED]
         if len(following) != 1:
             return None
         current = following[0].name

@@ -68,7 +68,7 @@ def input_domains(model: Model, shapes: dict[str, tuple[int, ...]]) -> dict[str,
 
 def _string_domain(spec: TensorSpec, shape: tuple, graph_def: Any, readers: dict) -> Domain:
     """Strings looked up in a constant table are drawn from its keys, and one unknown."""
-    from tfopt.loaders.tables import table_contents
+    from tfopt.graph import table_contents
 
     for reader in _first_readers(spec.name, readers):
         if reader.op == "LookupTableFindV2":

@@ -8,66 +8,19 @@ then (pixel - mean) * scale), `module:function` returning an iterable of feed di
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 import warnings
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 
 from tfopt.errors import UsageError, first_line
 from tfopt.model import TensorSpec, random_feeds
+from tfopt.options import RANDOM
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
-RANDOM = "random"
 MAX_SAMPLES = 1000  # samples read per source: more costs time and rarely changes a verdict
-
-
-def check_source(source: object, flag: str) -> None:
-    """Refuse a data source that cannot be read, before the model is loaded: a missing path,
-    an .npz that is not a zip archive, arrays of pickled Python objects."""
-    if source is None or isinstance(source, Mapping) or source == RANDOM:
-        return
-    text = os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
-    if text is None:
-        raise UsageError(f"{flag} must be a path, module:function, a dict of arrays or random")
-    path = Path(text)
-    if not path.exists():
-        if ":" in text and not text.startswith(("/", ".")):
-            return  # module:function, imported when the data is read
-        raise UsageError(f"{flag} {path} does not exist; pass an .npz keyed by input name, a "
-                         "directory of .npy files or images, module:function, or random")
-    if path.is_file() and path.suffix == ".npz":
-        if not zipfile.is_zipfile(path):
-            raise UsageError(f"{flag} {path} is not an .npz archive; write it with "
-                             "numpy.savez(path, name=array, ...)")
-        with zipfile.ZipFile(path) as archive:
-            for member in archive.namelist():
-                with archive.open(member) as handle:
-                    _check_npy(handle, f"{path}:{member}", flag)
-    elif path.is_dir():
-        for file in sorted(path.glob("*.npy")):
-            with open(file, "rb") as handle:
-                _check_npy(handle, str(file), flag)
-    elif path.is_file():
-        raise UsageError(f"{flag} {path} is not data tfopt reads; pass an .npz keyed by input "
-                         "name, a directory of .npy files or images, module:function, or random")
-
-
-def _check_npy(handle: IO[bytes], where: str, flag: str) -> None:
-    try:  # the header only: reading the array could unpickle
-        version = np.lib.format.read_magic(handle)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
-            np.lib.format.read_array_header_2_0
-        dtype = read_header(handle)[2]
-    except ValueError as exc:
-        raise UsageError(f"{flag} {where} is not a .npy array: {first_line(exc)}") from exc
-    if dtype.hasobject:
-        raise UsageError(f"{flag} {where} holds Python objects (pickled data), which tfopt "
-                         "never unpickles; save numeric or string arrays")
 
 
 def read_feeds(source, inputs: list[TensorSpec], flag: str = "--calibration", *,

@@ -10,13 +10,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from tfopt.artifacts import build_and_check, move, remove
 from tfopt.exporters import EXPORTERS, ExportOptions
 from tfopt.graph import consumers, plain_session
 from tfopt.model import Model
 from tfopt.modes import AUTO_ORDER, MODES
-from tfopt.report import ArtifactReport
-from tfopt.verify import Check
+from tfopt.results import ArtifactReport
+from tfopt.verification.artifacts import build_and_check, move, remove
+from tfopt.verification.checks import Check
 
 FALLBACK_LAYERS = (1, 2, 4, 8)  # how many of the worst layers int8 may keep in float
 LATENCY_SLACK = 1.05  # "not slower than fp32" within the noise of a median on a busy CPU

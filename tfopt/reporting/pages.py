@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tfopt.modes import BY_PRECISION
-from tfopt.report import human_size
+from tfopt.results import human_size
 
 TEMPLATES = Path(__file__).parent / "templates"
 PALETTE = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
