@@ -180,7 +180,10 @@ class Spilled:
             return self.model
         self.file.seek(0)
         graph_def = type(self.model.graph_def)()
-        graph_def.ParseFromString(self.file.read())
+        data = self.file.read()
+        graph_def.ParseFromString(data)
+        del data
+        return_freed_memory()  # the serialized copy, as large as the weights
         return self.model.with_graph(graph_def)
 
 

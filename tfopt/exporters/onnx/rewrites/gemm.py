@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from tfopt.exporters.onnx.graph import OnnxGraph
-from tfopt.exporters.onnx.rewrites.registry import register_rewrite
+from tfopt.exporters.onnx.rewrites.registry import kernels_as_inputs, register_rewrite
 from tfopt.passes.base import PassLog
 
 
@@ -16,7 +16,9 @@ from tfopt.passes.base import PassLog
 def gemm(proto: Any, log: PassLog) -> Any:
     import onnx
 
-    inferred = onnx.shape_inference.infer_shapes(proto)
+    # shapes only, so no second copy of the weights: inference on the model without its
+    # kernels (inputs of their shape there), dims read off the initializers
+    inferred = onnx.shape_inference.infer_shapes(kernels_as_inputs(proto)[0])
     ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in
              list(inferred.graph.value_info) + list(inferred.graph.input)
              if v.type.tensor_type.HasField("shape")}
@@ -27,11 +29,11 @@ def gemm(proto: Any, log: PassLog) -> Any:
         if node.op_type != "MatMul":
             continue
         reason = None
-        weights = graph.constants[node.input[1]] if node.input[1] in initializers else None
+        weights = initializers.get(node.input[1])
         after = graph.readers.get(node.output[0], [])
         if ranks.get(node.input[0]) != 2:
             reason = "A is not known to be 2-D"
-        elif weights is None or weights.ndim != 2:
+        elif weights is None or len(weights.dims) != 2:
             reason = "B is not a 2-D initializer"
         elif node.output[0] in graph.outputs:
             reason = "its output is a graph output"
@@ -43,8 +45,9 @@ def gemm(proto: Any, log: PassLog) -> Any:
         assert weights is not None  # for mypy: no reason means it was checked
         add = after[0]
         bias = next((i for i in add.input if i != node.output[0]), None)
-        if bias not in initializers or graph.constants[bias].shape != (weights.shape[1],):
-            log.skip(node.name, f"the Add's other input is not a [{weights.shape[1]}] bias")
+        columns = weights.dims[1]
+        if bias not in initializers or list(initializers[bias].dims) != [columns]:
+            log.skip(node.name, f"the Add's other input is not a [{columns}] bias")
             continue
         fused[id(add)] = onnx.helper.make_node("Gemm", [node.input[0], node.input[1], bias],
                                                list(add.output), name=add.name or node.name)
