@@ -101,3 +101,31 @@ def test_onnx_kernels_come_back_as_initializers_in_tf2onnx_layout(tmp_path):
     assert not layout_ops  # applied to the kernels, as tf2onnx does to constants
     ops = [n.op_type for n in proto.graph.node]
     assert ops.count("Conv") == 2 and {"MatMul", "Gemm"} & set(ops), ops
+
+
+def test_grappler_sees_kernels_without_the_dimension_their_readers_contract():
+    from tfopt.graph import hide_contracted_dims
+
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 8], name="x")
+        ids = tf.compat.v1.placeholder(tf.int32, [None], name="ids")
+        kernels = {name: tf.compat.v1.placeholder(tf.float32, shape, name=name) for name, shape
+                   in [("w", [8, 16]), ("wt", [16, 8]), ("table", [100, 8]),
+                       ("ek", [8, 4, 16]), ("bias", [16])]}
+        tf.matmul(x, kernels["w"], name="mm")
+        tf.matmul(x, kernels["wt"], transpose_b=True, name="mmt")
+        tf.gather(kernels["table"], ids, name="embed")
+        tf.raw_ops.Einsum(inputs=[x, kernels["ek"]], equation="ab,bcd->acd", name="es")
+        tf.add(tf.matmul(x, kernels["w"]), kernels["bias"], name="biased")  # Add needs all
+    graph_def = graph.as_graph_def()
+    assert hide_contracted_dims(graph_def, set(kernels)) == 4
+    shapes = {n.name: [d.size for d in n.attr["shape"].shape.dim] for n in graph_def.node
+              if n.name in kernels}
+    assert shapes == {"w": [-1, 16], "wt": [16, -1], "table": [-1, 8], "ek": [-1, 4, 16],
+                      "bias": [16]}
+    with tf.Graph().as_default() as hidden:  # every reader's output shape is as it was
+        tf.graph_util.import_graph_def(graph_def, name="")
+    for name in ("mm", "mmt", "embed", "es"):
+        assert hidden.get_tensor_by_name(f"{name}:0").shape.as_list() == \
+            graph.get_tensor_by_name(f"{name}:0").shape.as_list(), name

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import gc
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from tfopt.graph import bypass_nodes
-from tfopt.memory import older_objects_frozen
+from tfopt.memory import MAPPED_SOURCES, older_objects_frozen
 from tfopt.model import Model, TensorSpec
 from tfopt.passes import REGISTRY, PassContext, PassLog, run_pipeline
 
@@ -140,3 +142,12 @@ def test_older_objects_frozen_nests_and_leaves_the_collector_as_it_was():
         assert gc.get_freeze_count() == kept
     finally:
         gc.unfreeze()
+
+
+def test_large_blocks_are_mapped_for_a_large_source_only():
+    # in a fresh interpreter: the setting lasts as long as the process
+    code = ("import sys; from tfopt.memory import map_large_blocks; "
+            "print(map_large_blocks(int(sys.argv[1]) - 1), map_large_blocks(int(sys.argv[1])))")
+    found = subprocess.run([sys.executable, "-c", code, str(MAPPED_SOURCES)], check=True,
+                           capture_output=True, text=True).stdout.split()
+    assert found == ["False", "True" if sys.platform == "linux" else "False"]

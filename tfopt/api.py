@@ -15,11 +15,12 @@ from typing import Any
 from tfopt import compat
 from tfopt.categories import CATEGORIES
 from tfopt.errors import UsageError
+from tfopt.files import path_bytes
 from tfopt.graph import constant_bytes, op_histogram
 from tfopt.limits import run_bounded
 from tfopt.loaders import Loaded, check_exists, detect_format, load
 from tfopt.loaders.base import check_graph_size
-from tfopt.memory import return_freed_memory
+from tfopt.memory import map_large_blocks, return_freed_memory
 from tfopt.model import Model, Spilled
 from tfopt.options import DEFAULT_TARGETS, FreezeOptions
 from tfopt.passes import run_pipeline
@@ -186,6 +187,7 @@ class Prepared:
 def prepare(src: Path, opts: FreezeOptions, stages: Stages, start: float) -> Prepared:
     """Load, read the user's data, optimize, run the original on the verification inputs."""
     compat.check_tensorflow()
+    stages.large_blocks_mapped = map_large_blocks(path_bytes(src))
     loaded, model, found = load_source(src, opts, stages)
     timings = {"load": round(time.perf_counter() - start, 2)}
     data = read_data(model, opts)

@@ -624,6 +624,56 @@ def set_aside_kernels(graph_def, copy: bool = True, fold_layout: bool = False) -
     return SetAside(out, kernels, sorted(name for name in kernels if uses.get(name) != "folded"))
 
 
+def _contracted_dims(reader: Any, position: int, rank: int,
+                     constants: Mapping[str, Any]) -> set[int]:
+    """The dimensions of a reader's input at `position` that its output shape does not take
+    (a contraction, a conv's input channels, a gathered axis): unknown, they leave every
+    shape TF infers as it was."""
+    attr = reader.attr
+    if reader.op == "MatMul":
+        flag = attr["transpose_b" if position else "transpose_a"].b
+        return {int(flag) if position else 1 - int(flag)}
+    if reader.op.startswith("BatchMatMul"):
+        flag = attr["adj_y" if position else "adj_x"].b
+        return {rank - (1 if flag == bool(position) else 2)}
+    if reader.op in ("Conv2D", "Conv3D", "DepthwiseConv2dNative") and position == 1:
+        return {rank - 2}
+    if reader.op == "Conv2DBackpropInput" and position == 1:
+        return set(range(rank))  # the output's shape is the input_sizes operand
+    if reader.op == "GatherV2" and position == 0 and not reader.attr["batch_dims"].i:
+        axis = constants.get(node_name(reader.input[2]))
+        return set() if axis is None else {int(const_value(axis)) % rank}
+    if reader.op == "Einsum":
+        terms, _, output = attr["equation"].s.decode().partition("->")
+        term = terms.split(",")[position] if position < len(terms.split(",")) else "."
+        return set() if "." in term or len(term) != rank else \
+            {i for i, label in enumerate(term) if label not in output}
+    return set()
+
+
+def hide_contracted_dims(graph_def, names: Container[str]) -> int:
+    """Make one dimension unknown in the shape of each named Placeholder (a set-aside
+    kernel), in place, where every reader's output shape does without it, and return how
+    many: Grappler feeds each placeholder a tensor of its shape (unknown dimensions as 1),
+    which for kernels of known shape is a copy of the weights' size."""
+    readers = consumers(graph_def)
+    constants = {n.name: n for n in graph_def.node if n.op == "Const"}
+    hidden = 0
+    for node in graph_def.node:
+        if node.name not in names or node.op != "Placeholder":
+            continue
+        dims = node.attr["shape"].shape.dim
+        common = set(range(len(dims)))
+        for reader in readers.get(node.name, []):
+            for position, ref in enumerate(reader.input):
+                if node_name(ref) == node.name and not is_control(ref):
+                    common &= _contracted_dims(reader, position, len(dims), constants)
+        if common and readers.get(node.name):
+            dims[max(common, key=lambda i: dims[i].size)].size = -1
+            hidden += 1
+    return hidden
+
+
 def hide_shapes(graph_def, names) -> dict:
     """Make the named Placeholders' dimensions unknown, in place, and return their shape
     attributes as they were: Grappler (ours, and tf2onnx's run of it) fills a zero tensor

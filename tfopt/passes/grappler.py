@@ -9,6 +9,7 @@ from collections import Counter
 from tfopt.categories import IDENTITY_OPS
 from tfopt.graph import (
     copy_graph,
+    hide_contracted_dims,
     hide_shapes,
     op_histogram,
     rename_node,
@@ -83,6 +84,7 @@ def grappler(graph_def, ctx: PassContext, log: PassLog):
     aside = set_aside_kernels(isolate_calls(graph_def, ctx.protected),
                               copy=bool(ctx.weights), fold_layout=True)  # hide_shapes writes
     shapes = hide_shapes(aside.graph_def, ctx.weights)
+    hide_contracted_dims(aside.graph_def, aside.kernels)  # they are Consts again after
     out = optimize_in_pieces(aside.graph_def, list(ctx.inputs + ctx.outputs)
                              + sorted(ctx.weights) + aside.keep,
                              lambda graph, fetch: optimize(graph, fetch, OPTIMIZERS), log)

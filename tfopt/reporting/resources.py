@@ -39,6 +39,7 @@ class Stages:
     def __init__(self, progress: Progress):
         self.progress = progress
         self.records: list[dict] = []
+        self.large_blocks_mapped = False  # memory.map_large_blocks applied to the run
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
@@ -72,4 +73,5 @@ class Stages:
     def report(self) -> dict:
         return {"stages": self.records, "process_peak_rss_mb": round(process_peak_mb(), 1),
                 "peak_rss": "sampled every 10 ms from /proc/self/statm; process_peak_rss_mb "
-                            "is getrusage's exact high-water mark"}
+                            "is getrusage's exact high-water mark",
+                "large_blocks_mapped": self.large_blocks_mapped}
