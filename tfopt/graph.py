@@ -645,7 +645,8 @@ def _contracted_dims(reader: Any, position: int, rank: int,
         return set() if axis is None else {int(const_value(axis)) % rank}
     if reader.op == "Einsum":
         terms, _, output = attr["equation"].s.decode().partition("->")
-        term = terms.split(",")[position] if position < len(terms.split(",")) else "."
+        operands = terms.split(",")
+        term = operands[position] if position < len(operands) else "."
         return set() if "." in term or len(term) != rank else \
             {i for i, label in enumerate(term) if label not in output}
     return set()

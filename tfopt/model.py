@@ -16,10 +16,8 @@ SEQUENCE_LENGTH, SPATIAL_SIZE = 16, 32  # unknown dims of drawn inputs
 # the first the original runs: odd and non-square, where converters' bugs hide (a baked
 # size, a transposed pair); then multiples of 16 for nets that halve and double (U-Nets)
 SECOND_SIZES = (((29, 37), 11), ((48, 64), 24))
-
-
-
 SERVING_SIGNATURE = "serving_default"  # the signature TF and Keras export by default
+
 
 @dataclass(frozen=True)
 class TensorSpec:

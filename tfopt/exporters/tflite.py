@@ -208,8 +208,7 @@ def export(model: Model, path: Path, options: ExportOptions) -> Exported:
             if id(candidate) not in saved:
                 saved[id(candidate)] = str(Path(workdir) / fallback)
                 save_inference_model(candidate, saved[id(candidate)])
-                return_freed_memory()  # what saving left: the converter's peak comes next
-            try:
+            try:  # paging out also hands back what saving left
                 with native_stderr_silenced(), graphs_paged_out(model, candidate):
                     if options.float_layers:
                         flatbuffer = float_layer_model(saved[id(candidate)], model.signature,
