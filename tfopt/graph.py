@@ -350,12 +350,21 @@ def unique_name(name: str, taken) -> str:
 
 def rename_node(graph_def, old: str, new: str) -> None:
     """Rename a node in place and every reference to it."""
+    rename_nodes(graph_def, {old: new})
+
+
+def rename_nodes(graph_def, renames: Mapping[str, str]) -> None:
+    """Rename nodes in place (old name -> new, all at once: a new name may be another's old
+    one), and every reference to them, in one walk of the graph."""
+    if not renames:
+        return
     for node in graph_def.node:
-        if node.name == old:
-            node.name = new
+        if node.name in renames:
+            node.name = renames[node.name]
         for i, ref in enumerate(node.input):
-            if node_name(ref) == old:
-                node.input[i] = ref.replace(old, new, 1)
+            old = node_name(ref)
+            if old in renames:
+                node.input[i] = ref.replace(old, renames[old], 1)
 
 
 def const_value(node):
@@ -363,6 +372,19 @@ def const_value(node):
     import tensorflow as tf
 
     return tf.make_ndarray(node.attr["value"].tensor)
+
+
+def const_view(node):
+    """const_value read-only, for readers that do not change it: the tensor's bytes without
+    the second copy make_ndarray takes of them."""
+    import tensorflow as tf
+
+    tensor = node.attr["value"].tensor
+    content = tensor.tensor_content
+    if not content or tensor.dtype == DT_STRING:
+        return tf.make_ndarray(tensor)
+    return np.frombuffer(content, tf.as_dtype(tensor.dtype).as_numpy_dtype).reshape(
+        [d.size for d in tensor.tensor_shape.dim])
 
 
 def set_const_value(node, value) -> None:
@@ -432,7 +454,7 @@ def non_finite_constants(graph_def) -> list[tuple[str, int]]:
     found = []
     for node in graph_def.node:
         if node.op == "Const" and node.attr["dtype"].type in FLOAT_TYPES:
-            value = const_value(node)
+            value = const_view(node)
             count = int(value.size - np.isfinite(value).sum())
             if count:
                 found.append((node.name, count))

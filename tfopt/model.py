@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -85,6 +86,9 @@ class Model:
     signature: str = SERVING_SIGNATURE
     meta: dict = field(default_factory=dict)  # "variables": the live tf.Variable of a weight
     weights: dict[str, np.ndarray] = field(default_factory=dict)
+    # the Spilled whose file holds this very graph_def: read back from it, unchanged since
+    # (passes never change their input), so paging it out writes nothing
+    written: Spilled | None = field(default=None, repr=False, compare=False)
 
     @property
     def weight_bytes(self) -> int:
@@ -102,7 +106,8 @@ class Model:
         return graph_def
 
     def with_graph(self, graph_def) -> Model:
-        return replace(self, graph_def=graph_def)
+        return replace(self, graph_def=graph_def,
+                       written=self.written if graph_def is self.graph_def else None)
 
     def load(self) -> Model:
         """The model in memory: itself (a Spilled one reads its graph back)."""
@@ -157,16 +162,19 @@ class Spilled:
         import tempfile
         import weakref
 
-        from tfopt.graph import PROTOBUF_LIMIT, empty_like
+        from tfopt.graph import empty_like
 
-        if model.graph_def.ByteSize() > PROTOBUF_LIMIT:
-            return cls(model)
-        handle = None
         try:  # unlinked at once: nothing of it shows in the file system
             handle = tempfile.TemporaryFile(prefix="tfopt-graph-")  # noqa: SIM115 (lives on)
-            handle.write(model.graph_def.SerializeToString())
-        except OSError:  # no room, or a file size limit: it stays in memory
-            if handle is not None:
+        except OSError:
+            return cls(model)
+        try:
+            written = _write_graph(model.graph_def, handle)
+            handle.flush()  # what the buffer holds fails here, not when it is read back
+        except OSError:  # no room, or a file size limit
+            written = False
+        if not written:  # it stays in memory
+            with contextlib.suppress(OSError):  # what the buffer holds fails again: closed
                 handle.close()
             return cls(model)
         spilled = cls(model.with_graph(empty_like(model.graph_def)), handle)
@@ -176,13 +184,50 @@ class Spilled:
     def load(self) -> Model:
         if self.file is None:
             return self.model
-        self.file.seek(0)
+        import mmap
+
         graph_def = type(self.model.graph_def)()
-        data = self.file.read()
-        graph_def.ParseFromString(data)
-        del data
-        return_freed_memory()  # the serialized copy, as large as the weights
-        return self.model.with_graph(graph_def)
+        if os.fstat(self.file.fileno()).st_size:  # parsed from the page cache: no copy read
+            with mmap.mmap(self.file.fileno(), 0, access=mmap.ACCESS_READ) as mapped, \
+                    memoryview(mapped) as view:
+                graph_def.ParseFromString(view)
+        model = self.model.with_graph(graph_def)
+        model.written = self
+        return model
+
+
+def _write_graph(graph_def: Any, handle: Any) -> bool:
+    """graph_def serialized into handle, a node at a time; False past protobuf's 2 GB (it could
+    not be read back). A message is its fields' records one after another, so this writes
+    what SerializeToString would, without the whole graph serialized once more in memory
+    (and without the ByteSize check, which serializes it too)."""
+    from tfopt.graph import PROTOBUF_LIMIT
+
+    rest = type(graph_def)()
+    for descriptor, value in graph_def.ListFields():
+        if descriptor.name != "node":
+            rest.MergeFrom(type(graph_def)(**{descriptor.name: value}))
+    head = rest.SerializeToString()
+    handle.write(head)
+    size, tag = len(head), _varint(graph_def.DESCRIPTOR.fields_by_name["node"].number << 3 | 2)
+    for node in graph_def.node:
+        record = node.SerializeToString()
+        size += len(tag) + len(record) + 10
+        if size > PROTOBUF_LIMIT:
+            return False
+        handle.write(tag + _varint(len(record)))
+        handle.write(record)
+    return True
+
+
+def _varint(value: int) -> bytes:
+    """Protobuf's base-128 length prefix (its encoder is internal API)."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 @contextlib.contextmanager
@@ -193,8 +238,8 @@ def graphs_paged_out(*models: Model) -> Iterator[None]:
     Back in place afterwards, whatever happens."""
     paged = {}
     for model in models:
-        if id(model) not in paged:
-            spilled = Spilled.of(model)
+        if id(model) not in paged:  # a graph read back unchanged is in its file already
+            spilled = model.written or Spilled.of(model)
             if spilled.file is not None:
                 paged[id(model)] = (model, spilled)
                 model.graph_def = spilled.model.graph_def
@@ -203,4 +248,4 @@ def graphs_paged_out(*models: Model) -> Iterator[None]:
         yield
     finally:
         for model, spilled in paged.values():
-            model.graph_def = spilled.load().graph_def
+            model.graph_def, model.written = spilled.load().graph_def, spilled

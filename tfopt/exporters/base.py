@@ -104,13 +104,13 @@ WEIGHT_ELEMENTS = 1024  # float constants this large are a SavedModel's variable
 def lift_weights(graph_def, min_elements: int = WEIGHT_ELEMENTS):
     """The graph with its large float constants turned into placeholders of the same name,
     and their values. Lookup-table contents stay constants (the table ops need them so)."""
-    from tfopt.graph import const_value, consumers, without_large_constants
+    from tfopt.graph import const_view, consumers, without_large_constants
 
     readers = consumers(graph_def)
     out, lifted = without_large_constants(
         graph_def, min_elements,
         lambda name: not any(r.op.startswith("LookupTable") for r in readers.get(name, ())))
-    return out, {name: const_value(node) for name, node in lifted.items()}
+    return out, {name: const_view(node) for name, node in lifted.items()}
 
 
 def serving_function(model: Model, weights_as_variables: bool = False):

@@ -83,6 +83,9 @@ def _converter(saved_model_dir: str, signature: str, fallback: str,
     # from_saved_model restored to list the signatures is garbage, half a GB on BERT-base
     return_freed_memory()
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    # writing the converter's metadata (its version and flags: report.json has them) unpacks
+    # and repacks the whole flatbuffer in Python: 3.5 s and a copy of the weights on BERT-base
+    converter.exclude_conversion_metadata = True
     if options is not None and options.quantize != "none":
         _quantization(converter, options)
     if fallback == "batch_1":

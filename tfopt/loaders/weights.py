@@ -30,7 +30,7 @@ from tfopt.graph import (
     forwarded_reads,
     fused_functions,
     inline_constants,
-    rename_node,
+    rename_nodes,
     unique_name,
 )
 
@@ -264,6 +264,7 @@ def externalize(graph_def: Any, readers: dict[str, list], handles: dict[str, Any
     nodes = {n.name: n for n in graph_def.node}
     taken = set(nodes)
     values, variables = {}, {}
+    renames: dict[str, str] = {}
 
     def add_axis(name: str, value: np.int32) -> str:
         axis = add_const(graph_def, unique_name(name, taken), value)
@@ -286,8 +287,9 @@ def externalize(graph_def: Any, readers: dict[str, list], handles: dict[str, Any
         node.attr["shape"].shape.CopyFrom(variable.shape.as_proto())
         if name != node.name:
             taken.discard(node.name)
-            rename_node(graph_def, node.name, name)
+            renames[node.name] = name
         taken.add(name)
         values[name] = np.asarray(variable.value())  # a view of TF's buffer, not a copy
         variables[name] = variable
+    rename_nodes(graph_def, renames)
     return values, variables

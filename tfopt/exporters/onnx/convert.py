@@ -2,15 +2,19 @@
 conversion of the frozen graph."""
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+from collections.abc import Iterator
 from typing import Any
 
 from tfopt.errors import ConversionError, first_line
 from tfopt.graph import const_value, hide_shapes, set_aside_kernels
 from tfopt.model import Model
 
-# handled by tf2onnx itself, not through an op handler
 SIDECAR = "{name}.data"  # where external weights go, beside model.onnx (files.companion)
+CATCH_ERRORS = "TF2ONNX_CATCH_ERRORS"  # tf2onnx.constants.ENV_TF2ONNX_CATCH_ERRORS
+# handled by tf2onnx itself, not through an op handler
 _STRUCTURAL = frozenset({"Placeholder", "PlaceholderWithDefault", "Const", "Identity", "NoOp",
                          "PartitionedCall", "StatefulPartitionedCall"})
 
@@ -175,17 +179,21 @@ def to_onnx(model: Model, opset: int) -> Any:
     del aside
     weights = {f"{name}:0": name for name in list(model.weights) + list(kernels)}
     hide_shapes(graph_def, model.weights)  # in set_aside_kernels' copy
+    convert = functools.partial(
+        tf2onnx.convert.from_graph_def, graph_def, name=model.signature, opset=opset,
+        input_names=[t.tensor for t in model.inputs] + list(weights),
+        output_names=[t.tensor for t in model.outputs],
+        tensors_to_rename={t.tensor: t.name for t in model.inputs + model.outputs} | weights)
     try:
         with deprecation.silence():  # tf2onnx calls TF1 APIs that log a warning each
-            proto, _ = tf2onnx.convert.from_graph_def(
-                graph_def, name=model.signature, opset=opset,
-                input_names=[t.tensor for t in model.inputs] + list(weights),
-                output_names=[t.tensor for t in model.outputs],
-                tensors_to_rename={t.tensor: t.name for t in model.inputs + model.outputs}
-                | weights)
+            try:
+                with _optimizer_errors_raised():
+                    proto, _ = convert()
+            except Exception:  # again as tf2onnx runs by default: an optimizer that
+                proto, _ = convert()  # raises is skipped
     except Exception as exc:  # tf2onnx raises ValueError, KeyError and others
         raise ConversionError(f"tf2onnx failed: {first_line(exc)}") from exc
-    del graph_def
+    del graph_def, convert
     proto = attach_kernels(proto, {name: const_value(node) for name, node in kernels.items()})
     proto = label_encoders(proto, model.graph_def)
     try:
@@ -197,6 +205,21 @@ def to_onnx(model: Model, opset: int) -> Any:
         raise ConversionError(f"tf2onnx wrote an invalid ONNX model{hint}: {first_line(exc)}",
                               details={"blocking_ops": unknown}) from exc
     return proto
+
+
+@contextlib.contextmanager
+def _optimizer_errors_raised() -> Iterator[None]:
+    """tf2onnx deep-copies its graph before each of its optimizers, to go back if one
+    raises: a third of its time on BERT-base. Its one switch is this variable (a user's
+    own setting of it stands)."""
+    if CATCH_ERRORS in os.environ:
+        yield
+        return
+    os.environ[CATCH_ERRORS] = "FALSE"
+    try:
+        yield
+    finally:
+        os.environ.pop(CATCH_ERRORS, None)
 
 
 def save(proto: Any, path: Any, weights: dict[str, Any]) -> None:
