@@ -39,11 +39,10 @@ def _attribute_key(attr: Any) -> str:
 def canonical_order(graph: Any) -> list[int]:
     """Node indices in topological order, ties broken by structural key."""
     keys: dict[str, str] = {i.name: "input:" + i.name for i in graph.input}
-    for init in graph.initializer:
-        content = type(init)()
-        content.CopyFrom(init)
-        content.name = ""
-        keys[init.name] = _digest("init", content.SerializeToString(deterministic=True))
+    for init in graph.initializer:  # its content without its name, and not copied
+        name, init.name = init.name, ""
+        keys[name] = _digest("init", init.SerializeToString(deterministic=True))
+        init.name = name
     keys[""] = "none"
     nodes = list(graph.node)
     producers = {o: i for i, n in enumerate(nodes) for o in n.output if o}
@@ -145,12 +144,7 @@ def canonical_names(proto: Any, log: PassLog) -> Any:
         rename_graph(graph, temporary)
         rename_graph(graph, {temporary[old]: new for old, new in rename.items()})
     for field in (graph.initializer, graph.value_info):
-        ordered = sorted(field, key=lambda value: value.name)
-        copies = [type(v)() for v in ordered]
-        for copy, value in zip(copies, ordered):
-            copy.CopyFrom(value)
-        del field[:]
-        field.extend(copies)
+        field.sort(key=lambda value: value.name)  # in place: the weights are not copied
     log.change("canonical", nodes_reordered=reordered,
                names_renumbered=sum(1 for old, new in rename.items() if old != new))
     return proto

@@ -12,7 +12,7 @@ from tfopt.exporters.onnx.rewrites.registry import kernels_as_inputs, register_r
 from tfopt.passes.base import PassLog
 
 
-@register_rewrite("gemm", min_opset=7)
+@register_rewrite("gemm", min_opset=7, sees_kernels=False)
 def gemm(proto: Any, log: PassLog) -> Any:
     import onnx
 
@@ -24,17 +24,22 @@ def gemm(proto: Any, log: PassLog) -> Any:
              if v.type.tensor_type.HasField("shape")}
     graph = OnnxGraph(proto)
     initializers = graph.initializers
+    # a kernel is an initializer, or set aside as an input of its shape (run_rewrites)
+    matrices = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim]
+                for i in proto.graph.input if len(i.type.tensor_type.shape.dim) == 2
+                and all(d.HasField("dim_value") for d in i.type.tensor_type.shape.dim)}
+    matrices.update((name, list(t.dims)) for name, t in initializers.items() if len(t.dims) == 2)
     fused, dropped = {}, set()
     for node in proto.graph.node:
         if node.op_type != "MatMul":
             continue
         reason = None
-        weights = initializers.get(node.input[1])
+        dims = matrices.get(node.input[1])
         after = graph.readers.get(node.output[0], [])
         if ranks.get(node.input[0]) != 2:
             reason = "A is not known to be 2-D"
-        elif weights is None or len(weights.dims) != 2:
-            reason = "B is not a 2-D initializer"
+        elif dims is None:
+            reason = "B is not a 2-D initializer or input of known shape"
         elif node.output[0] in graph.outputs:
             reason = "its output is a graph output"
         elif len(after) != 1 or after[0].op_type != "Add":
@@ -42,10 +47,10 @@ def gemm(proto: Any, log: PassLog) -> Any:
         if reason:
             log.skip(node.name, reason)
             continue
-        assert weights is not None  # for mypy: no reason means it was checked
+        assert dims is not None  # for mypy: no reason means it was checked
         add = after[0]
         bias = next((i for i in add.input if i != node.output[0]), None)
-        columns = weights.dims[1]
+        columns = dims[1]
         if bias not in initializers or list(initializers[bias].dims) != [columns]:
             log.skip(node.name, f"the Add's other input is not a [{columns}] bias")
             continue
