@@ -1,12 +1,15 @@
 """Peak memory and wall time of whole conversions, tfopt against tf2onnx and the stock TFLite
 converter in the same run, with tfopt's own seconds and peak RSS per stage.
 
-    python scripts/bench_memory.py [--models resnet50,embedding] [--embedding-gb 2.16]
+    python scripts/bench_memory.py [--models resnet50,resnet50_saved,embedding]
+                                   [--embedding-gb 2.16]
                                    [--out bench_memory.json]
 
 Models, built here (nothing is downloaded):
 - resnet50: keras.applications.ResNet50 at 224 px, 25.6 M parameters (102 MB), trained-
   looking weights (scripts/zoo.py), exported with `model.export`;
+- resnet50_saved: the same model saved with `tf.saved_model.save(model, path)` (its
+  SavedModel holds the whole Keras object graph: the stock converter's memory differs);
 - embedding: a Keras model whose Embedding holds --embedding-gb of float32 (past protobuf's
   2 GB by default), exported with `model.export`.
 
@@ -37,7 +40,7 @@ import sys, numpy as np, keras
 sys.path.insert(0, {scripts!r})
 kind, path, gb = sys.argv[1], sys.argv[2], float(sys.argv[3])
 keras.utils.set_random_seed(0)
-if kind == "resnet50":
+if kind.startswith("resnet50"):
     import zoo
     model = keras.applications.ResNet50(weights=None, input_shape=(224, 224, 3))
     zoo.randomize(model)
@@ -49,7 +52,11 @@ else:
     model = keras.Model(ids, keras.layers.Dense(3)(pooled))
     table.embeddings.assign(np.random.default_rng(0).standard_normal((rows, 1000),
                                                                      dtype=np.float32))
-model.export(path, verbose=False)
+if kind == "resnet50_saved":
+    import tensorflow as tf
+    tf.saved_model.save(model, path)
+else:
+    model.export(path, verbose=False)
 """
 
 
@@ -87,7 +94,7 @@ def ratio(a: dict, b: dict, key: str) -> float | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="resnet50,embedding")
+    parser.add_argument("--models", default="resnet50,resnet50_saved,embedding")
     parser.add_argument("--embedding-gb", type=float, default=2.16)
     parser.add_argument("--out", default="bench_memory.json")
     args = parser.parse_args(argv)
