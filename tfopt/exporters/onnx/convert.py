@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from tfopt.errors import ConversionError, first_line
+from tfopt.exporters.onnx.rewrites.registry import kernels_as_inputs
 from tfopt.graph import const_value, hide_shapes, set_aside_kernels
 from tfopt.model import Model
 
@@ -196,8 +197,9 @@ def to_onnx(model: Model, opset: int) -> Any:
     del graph_def, convert
     proto = attach_kernels(proto, {name: const_value(node) for name, node in kernels.items()})
     proto = label_encoders(proto, model.graph_def)
-    try:
-        onnx.checker.check_model(proto, full_check=True)
+    try:  # without its kernels (inputs of their type and shape there): the checker parses a
+        # serialized copy, which with them was two more copies of the weights at once
+        onnx.checker.check_model(kernels_as_inputs(proto)[0], full_check=True)
     except Exception as exc:  # ValidationError, InferenceError
         unknown = sorted({n.op_type for n in proto.graph.node
                           if not onnx.defs.has(n.op_type, n.domain or "")})
