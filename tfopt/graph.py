@@ -731,6 +731,9 @@ def plain_session(graph):
 NOT_TRACED = frozenset({"Const", "Placeholder", "PlaceholderWithDefault", "NoOp", "Switch",
                          "Merge", "Enter", "Exit", "NextIteration", "LoopCond", "RefSwitch",
                          "RefMerge", "RefEnter", "RefExit"})
+# ops of which only the first output is a value of the computation: a batch norm's others are
+# its statistics and reserve spaces, whose memory inference leaves unset (garbage to compare)
+FIRST_OUTPUT_ONLY = frozenset({"FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3"})
 
 
 def graph_tensors(graph_def: Any, feed: Mapping[str, np.ndarray],
@@ -739,7 +742,8 @@ def graph_tensors(graph_def: Any, feed: Mapping[str, np.ndarray],
     by tensor name `node:k`."""
     graph = imported(graph_def)
     fetches = [t for op in graph.get_operations() if op.type not in NOT_TRACED
-               for t in op.outputs if t.dtype.is_floating]
+               for t in op.outputs[:1 if op.type in FIRST_OUTPUT_ONLY else None]
+               if t.dtype.is_floating]
     values = {f"{k}:0": v for k, v in feed.items()}
     values.update({f"{k}:0": v for k, v in (weights or {}).items()})
     with plain_session(graph) as session:

@@ -31,7 +31,6 @@ from tfopt.graph import (
 from tfopt.model import Model, Spilled
 from tfopt.verification.checks import ABSOLUTE_FLOOR, NOISE_FACTOR, SCALE_RTOL, one_ulp_up
 
-# ops whose outputs are not values of the computation (or cannot be fetched alone)
 MAX_CHART = 400  # per-op points kept for the report's chart
 # an intermediate diverges when its error passes this many times its tolerance: healthy
 # artifacts reach 1.2 (TFLite's Sigmoid approximation on EfficientNet), a changed weight
