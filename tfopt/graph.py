@@ -731,9 +731,6 @@ def plain_session(graph):
 NOT_TRACED = frozenset({"Const", "Placeholder", "PlaceholderWithDefault", "NoOp", "Switch",
                          "Merge", "Enter", "Exit", "NextIteration", "LoopCond", "RefSwitch",
                          "RefMerge", "RefEnter", "RefExit"})
-# ops of which only the first output is a value of the computation: a batch norm's others are
-# its statistics and reserve spaces, whose memory inference leaves unset (garbage to compare)
-FIRST_OUTPUT_ONLY = frozenset({"FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3"})
 
 
 def graph_tensors(graph_def: Any, feed: Mapping[str, np.ndarray],
@@ -741,8 +738,10 @@ def graph_tensors(graph_def: Any, feed: Mapping[str, np.ndarray],
     """Every float tensor of a GraphDef's main graph on one feed (placeholders by node name),
     by tensor name `node:k`."""
     graph = imported(graph_def)
+    # a batch norm's outputs but the first are its statistics and reserve spaces, memory
+    # that inference leaves unset: garbage to compare
     fetches = [t for op in graph.get_operations() if op.type not in NOT_TRACED
-               for t in op.outputs[:1 if op.type in FIRST_OUTPUT_ONLY else None]
+               for t in op.outputs[:1 if op.type in NORM_OPS else None]
                if t.dtype.is_floating]
     values = {f"{k}:0": v for k, v in feed.items()}
     values.update({f"{k}:0": v for k, v in (weights or {}).items()})

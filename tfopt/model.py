@@ -212,10 +212,11 @@ def _write_graph(graph_def: Any, handle: Any) -> bool:
     size, tag = len(head), _varint(graph_def.DESCRIPTOR.fields_by_name["node"].number << 3 | 2)
     for node in graph_def.node:
         record = node.SerializeToString()
-        size += len(tag) + len(record) + 10
+        prefix = tag + _varint(len(record))
+        size += len(prefix) + len(record)
         if size > PROTOBUF_LIMIT:
             return False
-        handle.write(tag + _varint(len(record)))
+        handle.write(prefix)
         handle.write(record)
     return True
 

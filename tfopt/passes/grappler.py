@@ -12,7 +12,7 @@ from tfopt.graph import (
     hide_contracted_dims,
     hide_shapes,
     op_histogram,
-    rename_node,
+    rename_nodes,
     set_aside_kernels,
     unique_name,
 )
@@ -69,11 +69,12 @@ def isolate_calls(graph_def, protected: frozenset[str]):
                 and n.name not in protected]
     if not clashing:
         return graph_def
-    out = copy_graph(graph_def)
+    renames = {}
     for name in clashing:
-        new = unique_name(f"{name}_call", names | prefixes)
-        rename_node(out, name, new)
-        names.add(new)
+        renames[name] = unique_name(f"{name}_call", names | prefixes)
+        names.add(renames[name])
+    out = copy_graph(graph_def)
+    rename_nodes(out, renames)
     return out
 
 
